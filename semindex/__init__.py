@@ -1,0 +1,63 @@
+"""semindex: semantic search over your documents.
+
+    import semindex
+    with semindex.Store("my-store") as store:
+        docs = store.collection()                 # "default", all-MiniLM-L6-v2
+        docs.add([{"id": "a", "text": "FAISS is a vector search library", "metadata": {"year": 2017}}])
+        for hit in docs.search("similarity search", k=3, filter={"year": {"$gte": 2015}}):
+            print(hit.id, hit.score, hit.text)
+"""
+
+from __future__ import annotations
+
+from .core import Collection, CollectionInfo, Document, Store
+from .errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    ConfigError,
+    ConflictError,
+    ConsistencyError,
+    DimensionMismatchError,
+    DocumentNotFoundError,
+    FilterError,
+    InvalidInputError,
+    InvalidNameError,
+    ModelMismatchError,
+    NotFoundError,
+    ReadError,
+    SemindexError,
+    StorageError,
+)
+from .indexer.encoder import DEFAULT_MODEL
+from .indexer.pipeline import IngestStats
+from .search.searcher import Hit
+from .storage.store import CheckReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CheckReport",
+    "Collection",
+    "CollectionExistsError",
+    "CollectionInfo",
+    "CollectionNotFoundError",
+    "ConfigError",
+    "ConflictError",
+    "ConsistencyError",
+    "DimensionMismatchError",
+    "Document",
+    "DocumentNotFoundError",
+    "FilterError",
+    "Hit",
+    "IngestStats",
+    "InvalidInputError",
+    "InvalidNameError",
+    "ModelMismatchError",
+    "NotFoundError",
+    "ReadError",
+    "SemindexError",
+    "StorageError",
+    "Store",
+    "__version__",
+]

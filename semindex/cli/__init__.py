@@ -1,0 +1,8 @@
+"""The `semindex` command: thin click skins over the library, one module per command group."""
+
+from __future__ import annotations
+
+from . import admin, index_cmd, search_cmd  # noqa: F401  (register the commands)
+from .app import cli, main
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,148 @@
+"""`semindex index`: bulk ingestion with a progress bar and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import SemindexError
+from .app import cli, echo_json, open_store, stderr_is_tty, store_options
+
+
+def _summary(stats: Any) -> str:
+    return (
+        f"added {stats.added}, updated {stats.updated}, unchanged {stats.unchanged}, "
+        f"failed {stats.failed} in {stats.seconds:.1f} s ({stats.docs_per_s:.1f} docs/s)"
+    )
+
+
+@cli.command("index")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@store_options
+@click.option("--model", "-m", default=None, help="Model id or local path (default: all-MiniLM-L6-v2, bundled).")
+@click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Texts per model forward pass.")
+@click.option("--commit-every", default=512, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Documents per transaction: a crash loses at most one such batch.")
+@click.option("--id-field", default=None, help="Field holding the document id (default: _id or id; else derived from content).")
+@click.option("--text-field", "text_fields", multiple=True, help="Field(s) to embed, joined by newlines (default: text).")
+@click.option("--title-field", default=None, help="Field embedded before the text (default: title when present).")
+@click.option("--metadata-field", "metadata_fields", multiple=True,
+              help="Field(s) to keep as metadata (default: all other fields).")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="On a bad record: stop (after committing what came before), or skip and count it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def index_command(
+    sources: tuple[Path, ...],
+    store_path: Path,
+    db_url: str | None,
+    collection: str,
+    model: str | None,
+    device: str | None,
+    batch_size: int,
+    commit_every: int,
+    id_field: str | None,
+    text_fields: tuple[str, ...],
+    title_field: str | None,
+    metadata_fields: tuple[str, ...],
+    on_error: str,
+    as_json: bool,
+) -> None:
+    """Index SOURCE files into a collection (upsert; unchanged documents are skipped).
+
+    SOURCE is a .jsonl / .jsonl.gz, .csv / .tsv, or .parquet file, a folder of .txt/.md
+    files, or a BEIR folder (corpus.jsonl[.gz]; title and text are embedded together).
+
+    \b
+    Examples:
+      semindex index samples/sample.jsonl
+      semindex index notes/ --collection notes
+      semindex index corpus.csv --id-field doc_id --text-field body --metadata-field author
+    """
+    from ..indexer.pipeline import IngestStats
+    from ..indexer.readers import detect_format, estimate_total, iter_records
+
+    for src in sources:
+        detect_format(src)  # reject a missing or unknown source before any work
+    total = estimate_total(list(sources))
+    records = iter_records(
+        list(sources),
+        id_field=id_field,
+        text_fields=text_fields,
+        title_field=title_field,
+        metadata_fields=metadata_fields,
+    )
+    stats = IngestStats()
+    store = open_store(store_path, db_url, must_exist=False, device=device)
+    try:
+        coll = store.collection(collection, model=model)
+        progress_cm, advance = _progress(total)
+        with progress_cm:
+            try:
+                coll.add_records(
+                    records,
+                    batch_size=batch_size,
+                    commit_every=commit_every,
+                    on_error=on_error,
+                    progress=advance,
+                    stats=stats,
+                )
+            except (SemindexError, KeyboardInterrupt):
+                click.echo(_summary(stats), err=True)
+                raise
+    finally:
+        store.close()
+    if as_json:
+        echo_json({**stats.as_dict(), "collection": collection, "errors": stats.errors})
+    else:
+        click.echo(_summary(stats))
+        for err in stats.errors:
+            click.echo(f"skipped: {err}", err=True)
+
+
+class _NoProgress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(total: int | None) -> tuple[Any, Any]:
+    """A rich progress bar (docs/s, ETA) on a terminal; nothing when stderr is not a tty."""
+    if not stderr_is_tty():
+        return _NoProgress(), None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("indexing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    task = progress.add_task("index", total=total, rate="")
+
+    def advance(n: int) -> None:
+        progress.advance(task, n)
+        speed = progress.tasks[0].speed
+        progress.update(task, rate=f"{speed:.1f} docs/s" if speed else "")
+
+    return progress, advance
+

@@ -1,0 +1,104 @@
+"""`semindex search`: one query as a table or JSON lines, or a BEIR queries file in batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InvalidInputError
+from .app import cli, echo_json, open_store, store_options
+
+QUERY_BATCH = 256
+
+
+def parse_filter_option(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    from ..errors import FilterError
+    from ..storage.filters import parse_filter_json
+
+    try:
+        return parse_filter_json(text)
+    except FilterError as exc:
+        msg = str(exc)
+        raise FilterError(msg if msg.startswith("--filter") else f"--filter: {msg}") from exc
+
+
+@cli.command("search")
+@click.argument("query", required=False)
+@store_options
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Hits per query.")
+@click.option("--filter", "filter_json", default=None, help='Metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'.')
+@click.option("--queries", "queries_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="BEIR queries.jsonl ({_id, text} per line): batch search, one JSON line per query.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit per line.")
+def search_command(
+    query: str | None,
+    store_path: Path,
+    db_url: str | None,
+    collection: str,
+    k: int,
+    filter_json: str | None,
+    queries_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Search a collection for QUERY (or every query in --queries FILE).
+
+    \b
+    Examples:
+      semindex search "how do black holes form" -k 3
+      semindex search "bread" --filter '{"topic": "cooking"}' --json
+      semindex search --queries queries.jsonl -k 100 --json > run.jsonl
+    """
+    flt = parse_filter_option(filter_json)
+    if (query is None) == (queries_file is None):
+        raise InvalidInputError("give either a QUERY or --queries FILE")
+    if query is not None and not query.strip():
+        raise InvalidInputError("QUERY is empty")
+    store = open_store(store_path, db_url, must_exist=True)
+    try:
+        coll = store.get_collection(collection)
+        if queries_file is not None:
+            _batch(coll, queries_file, k, flt)
+            return
+        assert query is not None
+        hits = coll.search(query, k, filter=flt)
+        if as_json:
+            for h in hits:
+                echo_json({"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata})
+        else:
+            _table(hits)
+    finally:
+        store.close()
+
+
+def _batch(coll: Any, path: Path, k: int, flt: dict[str, Any] | None) -> None:
+    from ..indexer.readers import read_queries
+
+    queries = read_queries(path)
+    for lo in range(0, len(queries), QUERY_BATCH):
+        part = queries[lo : lo + QUERY_BATCH]
+        results = coll.search_batch([text for _, text in part], k, filter=flt)
+        for (qid, _), hits in zip(part, results):
+            echo_json({"query_id": qid, "hits": [{"id": h.id, "score": round(h.score, 6)} for h in hits]})
+
+
+def _table(hits: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not hits:
+        click.echo("no matches")
+        return
+    table = Table(show_header=True, header_style="bold", expand=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id")
+    table.add_column("text", overflow="fold", max_width=80)
+    for rank, h in enumerate(hits, 1):
+        text = f"{h.title}: {h.text}" if h.title else h.text
+        snippet = text if len(text) <= 160 else text[:157] + "..."
+        table.add_row(str(rank), f"{h.score:.4f}", h.id, snippet)
+    Console(soft_wrap=False, width=None).print(table)

@@ -1,0 +1,382 @@
+"""The library's front door: `Store` and `Collection`.
+
+This layer joins the parts that must not know each other: storage (SQL +
+FAISS, no models), the indexer (models, readers) and search. The CLI and the
+HTTP API are thin skins over it, so every behaviour is reachable — and
+tested — from Python first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import (
+    CollectionNotFoundError,
+    ConfigError,
+    DimensionMismatchError,
+    DocumentNotFoundError,
+    InvalidInputError,
+    ModelMismatchError,
+)
+from .indexer.encoder import Encoder, canonical_model_name, get_encoder
+from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
+from .indexer.readers import Record
+from .search.searcher import Hit, check_k, dense_search, vector_search
+from .storage.store import CheckReport, CollectionRecord, CollectionStorage, Storage, StoredDoc
+
+DEFAULT_STORE = "semindex-data"
+DEFAULT_COLLECTION = "default"
+
+
+def default_store_path() -> str:
+    return os.environ.get("SEMINDEX_STORE") or DEFAULT_STORE
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    title: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "text": self.text, "metadata": self.metadata}
+        if self.title is not None:
+            out["title"] = self.title
+        return out
+
+
+@dataclass
+class CollectionInfo:
+    name: str
+    count: int
+    model: str | None
+    dimension: int
+    metric: str
+    index_type: str
+    bytes_on_disk: int
+    index_bytes: int
+    version: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Store:
+    """A folder (SQLite + index files), or a SQLAlchemy URL plus a folder for index files.
+
+    >>> with Store("my-store") as store:          # doctest: +SKIP
+    ...     docs = store.collection("notes")
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        db_url: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.path = Path(path if path is not None else default_store_path())
+        self.device = device
+        self.storage = Storage(self.path, db_url=db_url or os.environ.get("SEMINDEX_DB_URL") or None)
+        self._open: dict[str, Collection] = {}
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Checkpoint every open index and release the database."""
+        self._open.clear()
+        self.storage.close()
+
+    def collection(
+        self,
+        name: str = DEFAULT_COLLECTION,
+        *,
+        model: str | None = None,
+        create: bool = True,
+        metric: str = "cosine",
+        index: str = "flat",
+        dimension: int | None = None,
+    ) -> Collection:
+        """Open ``name``, creating it with ``model`` if missing (and ``create``).
+
+        Opening an existing collection with a different model is a ModelMismatchError:
+        vectors from two models are not comparable.
+        """
+        record = self.storage.get_record(name)
+        if record is None:
+            if not create:
+                raise CollectionNotFoundError(name)
+            return self.create_collection(name, model=model, metric=metric, index=index, dimension=dimension)
+        if model is not None and record.model is not None and canonical_model_name(model) != record.model:
+            raise ModelMismatchError(
+                f"collection {name!r} was built with model {record.model!r}; "
+                f"it cannot be used with {canonical_model_name(model)!r} (create another collection)"
+            )
+        if model is not None and record.model is None:
+            raise ModelMismatchError(
+                f"collection {name!r} holds precomputed vectors (no model); search it with vectors"
+            )
+        if dimension is not None and dimension != record.dimension:
+            raise DimensionMismatchError(
+                f"collection {name!r} has dimension {record.dimension}, not {dimension}"
+            )
+        return self._wrap(name)
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        metric: str = "cosine",
+        index: str = "flat",
+        dimension: int | None = None,
+        vectors_only: bool = False,
+    ) -> Collection:
+        """Create a collection. ``vectors_only`` (or a ``dimension`` without a model) is for bring-your-own vectors."""
+        if vectors_only or (dimension is not None and model is None):
+            if dimension is None:
+                raise ConfigError("a vectors-only collection needs a dimension")
+            model_name, dim, normalize = None, int(dimension), metric == "cosine"
+        else:
+            enc = get_encoder(model, self.device)
+            if dimension is not None and dimension != enc.dimension:
+                raise DimensionMismatchError(
+                    f"model {enc.name!r} produces {enc.dimension}-d vectors, not {dimension}"
+                )
+            model_name, dim, normalize = enc.name, enc.dimension, metric == "cosine"
+        self.storage.create_collection(
+            name, model=model_name, dimension=dim, metric=metric, normalize=normalize, index_spec=index
+        )
+        return self._wrap(name)
+
+    def get_collection(self, name: str) -> Collection:
+        return self.collection(name, create=False)
+
+    def _wrap(self, name: str) -> Collection:
+        coll = self._open.get(name)
+        if coll is None or coll.storage.closed:
+            coll = Collection(self, self.storage.open_collection(name))
+            self._open[name] = coll
+        return coll
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return [self._wrap(r.name).info() for r in self.storage.list_records()]
+
+    def collection_names(self) -> list[str]:
+        return [r.name for r in self.storage.list_records()]
+
+    def delete_collection(self, name: str) -> None:
+        self._open.pop(name, None)
+        self.storage.drop_collection(name)
+
+
+class Collection:
+    """Documents, their vectors and the search over them. Thread-safe."""
+
+    def __init__(self, store: Store, storage: CollectionStorage) -> None:
+        self.store = store
+        self.storage = storage
+
+    # -- description -------------------------------------------------------
+
+    @property
+    def record(self) -> CollectionRecord:
+        return self.storage.record
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def model(self) -> str | None:
+        return self.record.model
+
+    @property
+    def dimension(self) -> int:
+        return self.record.dimension
+
+    @property
+    def metric(self) -> str:
+        return self.record.metric
+
+    def info(self) -> CollectionInfo:
+        self.storage.sync()
+        return CollectionInfo(
+            name=self.name,
+            count=self.count(),
+            model=self.model,
+            dimension=self.dimension,
+            metric=self.metric,
+            index_type=self.storage.index.spec,
+            bytes_on_disk=self.storage.disk_bytes(),
+            index_bytes=self.storage.index.memory_bytes(),
+            version=self.storage.applied_version,
+        )
+
+    @property
+    def encoder(self) -> Encoder:
+        if self.model is None:
+            raise InvalidInputError(
+                f"collection {self.name!r} holds precomputed vectors: add and search with vectors"
+            )
+        return get_encoder(self.model, self.store.device)
+
+    def __len__(self) -> int:
+        return self.count()
+
+    # -- writes -----------------------------------------------------------------
+
+    def add(
+        self,
+        documents: Iterable[str | Mapping[str, Any] | Record | Document],
+        *,
+        batch_size: int = 32,
+        commit_every: int = 512,
+        on_error: OnError = "fail",
+    ) -> IngestStats:
+        """Upsert documents: str, or mappings with ``text`` and optional ``id``, ``title``, ``metadata``.
+
+        An id that exists is replaced; one whose content is unchanged is not re-encoded.
+        Documents without an id get one derived from their content.
+        """
+        records = (to_record(d, i + 1) for i, d in enumerate(documents))
+        return ingest(
+            records,
+            self.storage,
+            self.encoder,
+            commit_every=commit_every,
+            batch_size=batch_size,
+            on_error=on_error,
+            normalize=self.record.normalize,
+        )
+
+    upsert = add
+
+    def add_records(self, records: Iterable[Any], **kwargs: Any) -> IngestStats:
+        """Reader output (Records and ReadErrors) straight into the pipeline; what the CLI uses."""
+        return ingest(records, self.storage, self.encoder, normalize=self.record.normalize, **kwargs)
+
+    def add_embeddings(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> IngestStats:
+        """Bring your own vectors (float32, one row per id). Normalised when the metric is cosine."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
+            raise DimensionMismatchError(
+                f"collection {self.name!r} expects vectors of dimension {self.dimension}, "
+                f"got shape {tuple(vectors.shape)}"
+            )
+        if not np.isfinite(vectors).all():
+            raise InvalidInputError("vectors contain NaN or infinity")
+        return ingest_vectors(
+            self.storage,
+            [str(i) for i in ids],
+            vectors,
+            metadata=[dict(m) if m else {} for m in metadata] if metadata is not None else None,
+            texts=list(texts) if texts is not None else None,
+            normalize=self.record.normalize,
+        )
+
+    def delete(self, ids: Sequence[str] | str) -> int:
+        """Delete by id; returns how many existed."""
+        if isinstance(ids, str):
+            ids = [ids]
+        return self.storage.delete([str(i) for i in ids])
+
+    # -- reads ------------------------------------------------------------------
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        return self.storage.count(filter)
+
+    def get(self, id: str) -> Document:
+        docs = self.get_many([id])
+        if not docs:
+            raise DocumentNotFoundError(id, self.name)
+        return docs[0]
+
+    def get_many(self, ids: Sequence[str]) -> list[Document]:
+        return [_doc(d) for d in self.storage.get([str(i) for i in ids])]
+
+    def ids(self, *, offset: int = 0, limit: int = 100) -> list[str]:
+        return self.storage.list_ids(offset=offset, limit=limit)
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        mode: str = "dense",
+        rerank: str | None = None,
+        rerank_top: int = 50,
+    ) -> list[Hit]:
+        """Top-k documents for ``query``; ``filter`` narrows the candidates before ranking.
+
+        ``mode``: "dense" (vectors), "keyword" (BM25) or "hybrid" (both, fused by RRF);
+        ``rerank``: a cross-encoder model that re-scores the top ``rerank_top``.
+        """
+        return self.search_batch([query], k, filter=filter, mode=mode, rerank=rerank, rerank_top=rerank_top)[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        mode: str = "dense",
+        rerank: str | None = None,
+        rerank_top: int = 50,
+    ) -> list[list[Hit]]:
+        if mode != "dense" or rerank is not None:
+            raise ConfigError(f"search mode {mode!r} / rerank is not available yet")
+        return dense_search(
+            self.storage, self.encoder, queries, k, filter, normalize=self.record.normalize
+        )
+
+    def search_vectors(
+        self, vectors: np.ndarray, k: int = 10, *, filter: Mapping[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """Search with query vectors (n, dim) instead of text."""
+        check_k(k)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors.reshape(1, -1)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
+            raise DimensionMismatchError(
+                f"collection {self.name!r} expects query vectors of dimension {self.dimension}, "
+                f"got shape {tuple(vectors.shape)}"
+            )
+        if self.record.normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vector_search(self.storage, vectors, k, filter)
+
+    # -- maintenance --------------------------------------------------------------
+
+    def check(self) -> CheckReport:
+        return self.storage.check()
+
+    def repair(self) -> CheckReport:
+        return self.storage.repair()
+
+    def checkpoint(self) -> bool:
+        return self.storage.checkpoint()
+
+
+def _doc(d: StoredDoc) -> Document:
+    return Document(id=d.id, text=d.text, metadata=d.metadata, title=d.title)

@@ -1,0 +1,145 @@
+"""One exception hierarchy for semindex.
+
+Every error a user can cause is a :class:`SemindexError`. The edges convert
+them and nothing else does: the CLI prints ``str(err)`` on one line and exits
+with ``err.exit_code``; the HTTP API answers ``err.http_status`` with
+``{"error": err.code, "detail": str(err)}``. Anything that is *not* a
+SemindexError is a bug and is allowed to surface as one.
+
+    SemindexError
+    ├── InvalidInputError          bad values from the caller (422)
+    │   ├── FilterError            a filter that does not parse or type-check
+    │   ├── InvalidNameError       collection names, metadata keys
+    │   ├── DimensionMismatchError vectors of the wrong size
+    │   └── ReadError              a source file or record that cannot be read (file:line)
+    ├── NotFoundError              (404)
+    │   ├── CollectionNotFoundError
+    │   └── DocumentNotFoundError
+    ├── ConflictError              (409)
+    │   ├── CollectionExistsError
+    │   └── ModelMismatchError     a collection opened with another model than it was built with
+    ├── ConfigError                options that cannot work together, missing extras
+    └── StorageError               the store itself (disk full, unreadable index, drift) (500/503)
+        └── ConsistencyError       SQL and the vector index disagree
+"""
+
+from __future__ import annotations
+
+
+class SemindexError(Exception):
+    """Base of every error semindex raises on purpose."""
+
+    code = "semindex_error"
+    http_status = 400
+    exit_code = 1
+
+
+class InvalidInputError(SemindexError):
+    code = "invalid_input"
+    http_status = 422
+    exit_code = 2
+
+
+class FilterError(InvalidInputError):
+    code = "invalid_filter"
+
+
+class InvalidNameError(InvalidInputError):
+    code = "invalid_name"
+
+
+class DimensionMismatchError(InvalidInputError):
+    code = "dimension_mismatch"
+
+
+class ReadError(InvalidInputError):
+    """A source record or file that cannot be read; carries where it happened."""
+
+    code = "read_error"
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None) -> None:
+        self.source = source
+        self.line = line
+        self.reason = message
+        where = source or ""
+        if source is not None and line is not None:
+            where = f"{source}:{line}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class NotFoundError(SemindexError):
+    code = "not_found"
+    http_status = 404
+    exit_code = 3
+
+
+class CollectionNotFoundError(NotFoundError):
+    code = "collection_not_found"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"collection {name!r} does not exist")
+
+
+class DocumentNotFoundError(NotFoundError):
+    code = "document_not_found"
+
+    def __init__(self, doc_id: str, collection: str | None = None) -> None:
+        self.doc_id = doc_id
+        self.collection = collection
+        where = f" in collection {collection!r}" if collection else ""
+        super().__init__(f"document {doc_id!r} not found{where}")
+
+
+class ConflictError(SemindexError):
+    code = "conflict"
+    http_status = 409
+    exit_code = 4
+
+
+class CollectionExistsError(ConflictError):
+    code = "collection_exists"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"collection {name!r} already exists")
+
+
+class ModelMismatchError(ConflictError):
+    code = "model_mismatch"
+
+
+class ConfigError(SemindexError):
+    code = "config_error"
+    exit_code = 2
+
+
+class StorageError(SemindexError):
+    code = "storage_error"
+    http_status = 503
+    exit_code = 5
+
+
+class ConsistencyError(StorageError):
+    code = "consistency_error"
+    http_status = 500
+    exit_code = 6
+
+
+__all__ = [
+    "CollectionExistsError",
+    "CollectionNotFoundError",
+    "ConfigError",
+    "ConflictError",
+    "ConsistencyError",
+    "DimensionMismatchError",
+    "DocumentNotFoundError",
+    "FilterError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "ModelMismatchError",
+    "NotFoundError",
+    "ReadError",
+    "SemindexError",
+    "StorageError",
+]

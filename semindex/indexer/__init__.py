@@ -1,0 +1,1 @@
+"""Reading sources and turning them into indexed documents."""

@@ -1,0 +1,1 @@
+"""SQL metadata storage for semindex: documents, their metadata, and metadata filters."""

@@ -1,0 +1,87 @@
+"""SQL tables: the source of truth.
+
+Only portable SQLAlchemy Core constructs are used so the same tables work on
+SQLite and PostgreSQL. Three ideas carry the design:
+
+* every document row holds its own embedding (float32 bytes), so any vector
+  index can be rebuilt from SQL without re-encoding;
+* ``collections.version`` is bumped by every write transaction *first*, which
+  takes the collection's write lock (a row lock on PostgreSQL, the database
+  write lock on SQLite) and gives a per-collection, gap-free commit order;
+* ``changes`` records, per version, which vector ids a transaction touched,
+  so a FAISS checkpoint at version V is brought up to date by replaying the
+  rows with ``version > V``.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+SCHEMA_VERSION = 1
+
+# SQLite only gives an auto-incrementing rowid alias to INTEGER PRIMARY KEY.
+BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata_obj = sa.MetaData()
+
+meta_table = sa.Table(
+    "semindex_meta",
+    metadata_obj,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+collections = sa.Table(
+    "collections",
+    metadata_obj,
+    sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("model", sa.String(1024), nullable=True),
+    sa.Column("dimension", sa.Integer, nullable=False),
+    sa.Column("metric", sa.String(16), nullable=False),
+    sa.Column("normalize", sa.Boolean, nullable=False),
+    sa.Column("index_spec", sa.String(256), nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("config", JSONType, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+documents = sa.Table(
+    "documents",
+    metadata_obj,
+    # vid is the id the vector index knows the row by; stable across upserts.
+    sa.Column("vid", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column(
+        "collection_id",
+        sa.BigInteger,
+        sa.ForeignKey("collections.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("doc_id", sa.String(512), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("title", sa.Text, nullable=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("metadata", JSONType, nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("collection_id", "doc_id", name="uq_documents_collection_doc"),
+    sqlite_autoincrement=True,
+)
+
+OP_UPSERT = 1
+OP_DELETE = 2
+
+changes = sa.Table(
+    "changes",
+    metadata_obj,
+    sa.Column("seq", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column("collection_id", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("op", sa.SmallInteger, nullable=False),
+    sa.Column("vid", sa.BigInteger, nullable=False),
+    sa.Index("ix_changes_collection_version", "collection_id", "version"),
+    sqlite_autoincrement=True,
+)

@@ -1,0 +1,52 @@
+"""Helpers shared by the tests (imported as tests.support; conftest.py holds the fixtures)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE = REPO / "samples" / "sample.jsonl"
+
+
+def scifact_docs(n: int | None = None) -> list[dict[str, Any]]:
+    path = SHARED_DATA / "scifact" / "corpus.jsonl.gz"
+    if not path.exists():
+        pytest.skip("../shared/data/scifact is not present")
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            out.append({"id": rec["_id"], "title": rec["title"], "text": rec["text"]})
+            if n is not None and len(out) >= n:
+                break
+    return out
+
+
+def sample_docs() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict[str, str] | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `semindex ARGS` the way a user does: a separate process, real files."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "semindex", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        input=input,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"semindex {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
