@@ -110,6 +110,37 @@ def to_record(doc: Any, n: int) -> Record:
     raise InvalidInputError(f"document #{n}: expected a str or a mapping with 'text', got {type(doc).__name__}")
 
 
+def jsonable(value: Any, where: str = "metadata") -> Any:
+    """Metadata as JSON values: parquet and numpy hand us dates, decimals, bytes and numpy scalars."""
+    import datetime as dt
+    import decimal
+    import math
+
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, where) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, where) for v in value]
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return jsonable(float(value), where)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.hex()
+    if isinstance(value, np.generic):
+        return jsonable(value.item(), where)
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist(), where)
+    raise InvalidInputError(f"{where}: {type(value).__name__} values cannot be stored as JSON")
+
+
 def _validate(rec: Record) -> ReadError | None:
     if not rec.text or not rec.text.strip():
         if rec.title and rec.title.strip():
@@ -117,6 +148,10 @@ def _validate(rec: Record) -> ReadError | None:
         return ReadError("record has no text", source=rec.source, line=rec.line)
     if rec.id is not None and (rec.id == "" or len(rec.id) > 512):
         return ReadError("id must be 1-512 characters", source=rec.source, line=rec.line)
+    try:
+        rec.metadata = jsonable(rec.metadata)
+    except InvalidInputError as exc:
+        return ReadError(str(exc), source=rec.source, line=rec.line)
     return None
 
 
@@ -251,7 +286,7 @@ def ingest_vectors(
                 doc_id=str(ids[i]),
                 text=(texts[i] if texts is not None else "") or "",
                 title=None,
-                metadata=dict(metadata[i]) if metadata is not None and metadata[i] else {},
+                metadata=jsonable(dict(metadata[i])) if metadata is not None and metadata[i] else {},
                 content_hash=hashlib.sha256(vectors[i].tobytes()).hexdigest(),
                 embedding=vectors[i],
             )
