@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import (
+    CollectionExistsError,
     CollectionNotFoundError,
     ConfigError,
     DimensionMismatchError,
@@ -27,7 +28,8 @@ from .errors import (
 from .indexer.encoder import Encoder, canonical_model_name, get_encoder
 from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
 from .indexer.readers import Record
-from .search.searcher import Hit, check_k, dense_search, vector_search
+from .search.searcher import Hit, check_k, vector_search
+from .search.searcher import search as run_search
 from .storage.store import CheckReport, CollectionRecord, CollectionStorage, Storage, StoredDoc
 
 DEFAULT_STORE = "semindex-data"
@@ -63,6 +65,10 @@ class CollectionInfo:
     bytes_on_disk: int
     index_bytes: int
     version: int
+    index_policy: str = "flat"  # what the collection asked for: auto, flat, hnsw, ivf, ivfpq or a factory string
+    index_params: dict[str, Any] = field(default_factory=dict)  # nlist, nprobe, efSearch, k_factor, recall@10...
+    bytes_per_vector: float = 0.0  # index memory / vectors
+    index_device: str = "cpu"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,10 +111,13 @@ class Store:
         model: str | None = None,
         create: bool = True,
         metric: str = "cosine",
-        index: str = "flat",
+        index: str = "auto",
         dimension: int | None = None,
     ) -> Collection:
         """Open ``name``, creating it with ``model`` if missing (and ``create``).
+
+        ``index`` (for a new collection): "auto" (flat while small, then HNSW, IVF, IVF-PQ as
+        it grows; see the README), "flat", "hnsw", "ivf", "ivfpq" or a FAISS factory string.
 
         Opening an existing collection with a different model is a ModelMismatchError:
         vectors from two models are not comparable.
@@ -117,7 +126,12 @@ class Store:
         if record is None:
             if not create:
                 raise CollectionNotFoundError(name)
-            return self.create_collection(name, model=model, metric=metric, index=index, dimension=dimension)
+            try:
+                return self.create_collection(name, model=model, metric=metric, index=index, dimension=dimension)
+            except CollectionExistsError:
+                # another process created it between our look-up and our insert: open theirs
+                return self.collection(name, model=model, create=False, metric=metric, index=index,
+                                       dimension=dimension)
         if model is not None and record.model is not None and canonical_model_name(model) != record.model:
             raise ModelMismatchError(
                 f"collection {name!r} was built with model {record.model!r}; "
@@ -139,7 +153,7 @@ class Store:
         *,
         model: str | None = None,
         metric: str = "cosine",
-        index: str = "flat",
+        index: str = "auto",
         dimension: int | None = None,
         vectors_only: bool = False,
     ) -> Collection:
@@ -222,6 +236,10 @@ class Collection:
             bytes_on_disk=self.storage.disk_bytes(),
             index_bytes=self.storage.index.memory_bytes(),
             version=self.storage.applied_version,
+            index_policy=self.record.index_spec,
+            index_params=dict(self.storage.index.params),
+            bytes_per_vector=round(self.storage.index.memory_bytes() / max(len(self.storage.index), 1), 1),
+            index_device=getattr(self.storage.index, "device", "cpu"),
         )
 
     @property
@@ -325,13 +343,22 @@ class Collection:
         mode: str = "dense",
         rerank: str | None = None,
         rerank_top: int = 50,
+        hybrid_weights: Sequence[float] = (1.0, 1.0),
+        rrf_k: float = 60,
+        candidates: int | None = None,
     ) -> list[Hit]:
         """Top-k documents for ``query``; ``filter`` narrows the candidates before ranking.
 
-        ``mode``: "dense" (vectors), "keyword" (BM25) or "hybrid" (both, fused by RRF);
-        ``rerank``: a cross-encoder model that re-scores the top ``rerank_top``.
+        ``mode``: "dense" (vectors), "keyword" (BM25 over title and text) or "hybrid"
+        (the top ``candidates`` — default max(k, 100) — of both, fused by reciprocal rank
+        fusion with ``hybrid_weights`` (dense, keyword) and ``rrf_k``). ``rerank``: a
+        cross-encoder model id or path that re-scores the top ``rerank_top``; the hits then
+        carry its scores.
         """
-        return self.search_batch([query], k, filter=filter, mode=mode, rerank=rerank, rerank_top=rerank_top)[0]
+        return self.search_batch(
+            [query], k, filter=filter, mode=mode, rerank=rerank, rerank_top=rerank_top,
+            hybrid_weights=hybrid_weights, rrf_k=rrf_k, candidates=candidates,
+        )[0]
 
     def search_batch(
         self,
@@ -342,11 +369,25 @@ class Collection:
         mode: str = "dense",
         rerank: str | None = None,
         rerank_top: int = 50,
+        hybrid_weights: Sequence[float] = (1.0, 1.0),
+        rrf_k: float = 60,
+        candidates: int | None = None,
     ) -> list[list[Hit]]:
-        if mode != "dense" or rerank is not None:
-            raise ConfigError(f"search mode {mode!r} / rerank is not available yet")
-        return dense_search(
-            self.storage, self.encoder, queries, k, filter, normalize=self.record.normalize
+        """:meth:`search` for many queries at once (encoded in one batch)."""
+        return run_search(
+            self.storage,
+            lambda: self.encoder,
+            queries,
+            k,
+            filter,
+            mode=mode,
+            normalize=self.record.normalize,
+            rerank=rerank,
+            rerank_top=rerank_top,
+            hybrid_weights=hybrid_weights,
+            rrf_k=rrf_k,
+            candidates=candidates,
+            device=self.store.device,
         )
 
     def search_vectors(
@@ -376,6 +417,20 @@ class Collection:
 
     def checkpoint(self) -> bool:
         return self.storage.checkpoint()
+
+    def reindex(
+        self,
+        index: str | None = None,
+        *,
+        target_recall: float | None = None,
+        memory_budget: str | int | None = None,
+        device: str | None = None,
+    ) -> dict[str, Any]:
+        """Rebuild the vector index from the stored embeddings (no re-encoding), optionally as
+        another type (auto, flat, hnsw, ivf, ivfpq, or a FAISS factory string such as
+        "IVF256,PQ32"), tuned to ``target_recall`` (recall@10, default 0.95).
+        Returns {"old": {type, params}, "new": {type, params}, "count", "seconds"}."""
+        return self.storage.reindex(index, target_recall=target_recall, memory_budget=memory_budget, device=device)
 
 
 def _doc(d: StoredDoc) -> Document:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,64 @@ def encoder() -> Any:
     return get_encoder()
 
 
+# -- backends: every test that takes `store` (or `db_url`) runs on SQLite and on PostgreSQL ------
+#
+# PostgreSQL runs when $SEMINDEX_TEST_PG_URL points at a server (`.ci/run` starts a throwaway
+# cluster and always sets it; by hand: eval "$(bash scripts/pg.sh start /tmp/pg)"). Each test
+# gets a database of its own, created from that URL's server and dropped afterwards.
+
+PG_URL_VAR = "SEMINDEX_TEST_PG_URL"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def pg_admin_url() -> str | None:
+    return os.environ.get(PG_URL_VAR) or None
+
+
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str = "t") -> Iterator[str]:
+    """CREATE DATABASE with a random name on the test server; yields its URL; drops it after."""
+    import sqlalchemy as sa
+
+    base = pg_admin_url()
+    if base is None:
+        pytest.skip(f"PostgreSQL tests need ${PG_URL_VAR} (set by .ci/run)")
+    url = sa.engine.make_url(base)
+    name = f"semindex_{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with contextlib.suppress(Exception), admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """"sqlite" or "postgresql"; the PostgreSQL run is skipped only when no server is configured."""
+    if request.param == "postgresql" and pg_admin_url() is None:
+        pytest.skip(f"PostgreSQL tests need ${PG_URL_VAR} (set by .ci/run)")
+    return str(request.param)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Any]:
+def db_url(backend: str) -> Iterator[str | None]:
+    """The --db URL for this backend: None (SQLite inside the store folder) or a fresh PG database."""
+    if backend == "sqlite":
+        yield None
+        return
+    with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def store(tmp_path: Path, db_url: str | None) -> Iterator[Any]:
     import semindex
 
-    s = semindex.Store(tmp_path / "store")
+    s = semindex.Store(tmp_path / "store", db_url=db_url)
     yield s
     s.close()
 

@@ -41,6 +41,16 @@ def info_command(store_path: Path, db_url: str | None, collection: str, as_json:
             f"metric {i.metric}, index {i.index_type} ({_human(i.index_bytes)} in memory), "
             f"{_human(i.bytes_on_disk)} on disk"
         )
+        policy = f"auto -> {i.index_type}" if i.index_policy == "auto" else i.index_type
+        shown = ", ".join(
+            f"{k}={i.index_params[k]}"
+            for k in ("nlist", "nprobe", "M", "efSearch", "pq_m", "k_factor", "recall@10")
+            if k in i.index_params
+        )
+        click.echo(
+            f"  index: {policy}{f' ({shown})' if shown else ''}, {i.bytes_per_vector:.0f} bytes/vector, "
+            f"{_human(i.index_bytes)} total, search on {i.index_device}"
+        )
 
 
 @cli.command("delete")

@@ -34,6 +34,15 @@ def parse_filter_option(text: str | None) -> dict[str, Any] | None:
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="BEIR queries.jsonl ({_id, text} per line): batch search, one JSON line per query.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit per line.")
+@click.option("--query-vectors", "query_vectors", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help='A .npy of query vectors (rows): batch search, one JSON line per row '
+                                 '{"query_id": "<row>", "hits": [...]}.')
+@click.option("--mode", type=click.Choice(["dense", "keyword", "hybrid"]), default="dense", show_default=True,
+              help="dense (vectors), keyword (BM25) or hybrid (both, fused by reciprocal rank fusion).")
+@click.option("--rerank", default=None, metavar="MODEL",
+              help="Re-score the top --rerank-top hits with this cross-encoder (model id or local path).")
+@click.option("--rerank-top", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="How many first-stage hits the cross-encoder re-scores.")
 def search_command(
     query: str | None,
     store_path: Path,
@@ -43,6 +52,10 @@ def search_command(
     filter_json: str | None,
     queries_file: Path | None,
     as_json: bool,
+    query_vectors: Path | None,
+    mode: str,
+    rerank: str | None,
+    rerank_top: int,
 ) -> None:
     """Search a collection for QUERY (or every query in --queries FILE).
 
@@ -51,8 +64,14 @@ def search_command(
       semindex search "how do black holes form" -k 3
       semindex search "bread" --filter '{"topic": "cooking"}' --json
       semindex search --queries queries.jsonl -k 100 --json > run.jsonl
+      semindex search "sourdough starter" --mode hybrid
     """
     flt = parse_filter_option(filter_json)
+    if query_vectors is not None:
+        if query is not None or queries_file is not None:
+            raise InvalidInputError("give one of QUERY, --queries FILE or --query-vectors FILE")
+        _vector_batch(store_path, db_url, collection, query_vectors, k, flt)
+        return
     if (query is None) == (queries_file is None):
         raise InvalidInputError("give either a QUERY or --queries FILE")
     if query is not None and not query.strip():
@@ -61,10 +80,10 @@ def search_command(
     try:
         coll = store.get_collection(collection)
         if queries_file is not None:
-            _batch(coll, queries_file, k, flt)
+            _batch(coll, queries_file, k, flt, mode=mode, rerank=rerank, rerank_top=rerank_top)
             return
         assert query is not None
-        hits = coll.search(query, k, filter=flt)
+        hits = coll.search(query, k, filter=flt, mode=mode, rerank=rerank, rerank_top=rerank_top)
         if as_json:
             for h in hits:
                 echo_json({"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata})
@@ -74,15 +93,39 @@ def search_command(
         store.close()
 
 
-def _batch(coll: Any, path: Path, k: int, flt: dict[str, Any] | None) -> None:
+def _batch(coll: Any, path: Path, k: int, flt: dict[str, Any] | None, **search_opts: Any) -> None:
     from ..indexer.readers import read_queries
 
     queries = read_queries(path)
     for lo in range(0, len(queries), QUERY_BATCH):
         part = queries[lo : lo + QUERY_BATCH]
-        results = coll.search_batch([text for _, text in part], k, filter=flt)
+        results = coll.search_batch([text for _, text in part], k, filter=flt, **search_opts)
         for (qid, _), hits in zip(part, results):
             echo_json({"query_id": qid, "hits": [{"id": h.id, "score": round(h.score, 6)} for h in hits]})
+
+
+def _vector_batch(store_path: Path, db_url: str | None, collection: str, path: Path, k: int,
+                  flt: dict[str, Any] | None) -> None:
+    """--query-vectors: the batch-search JSON lines, query_id = row number."""
+    import numpy as np
+
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise InvalidInputError(f"{path}: not a readable .npy file: {exc}") from exc
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidInputError(f"{path}: expected a 2-d array of query vectors, got shape {arr.shape}")
+    store = open_store(store_path, db_url, must_exist=True)
+    try:
+        coll = store.get_collection(collection)
+        for lo in range(0, len(arr), QUERY_BATCH):
+            results = coll.search_vectors(np.asarray(arr[lo : lo + QUERY_BATCH], dtype=np.float32), k, filter=flt)
+            for i, hits in enumerate(results):
+                echo_json({"query_id": str(lo + i), "hits": [{"id": h.id, "score": round(h.score, 6)} for h in hits]})
+    finally:
+        store.close()
 
 
 def _table(hits: list[Any]) -> None:

@@ -46,9 +46,12 @@ def canonical_model_name(model: str | None) -> str:
     if model is None or model.strip().lower() in _DEFAULT_ALIASES:
         return DEFAULT_MODEL
     model = model.strip()
-    p = Path(model).expanduser()
-    if p.exists():
-        return str(p.resolve())
+    try:
+        p = Path(model).expanduser()
+        if p.exists():
+            return str(p.resolve())
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        raise ConfigError(f"invalid model name {model[:80]!r}...: {exc}") from exc
     return model
 
 

@@ -1,23 +1,34 @@
 """Query -> ranked hits.
 
 Backends implement the batch call; the single-query call is built on it.
-Dense search encodes the queries once and asks storage for the top k per
-query, with the filter applied before the vector search.
+
+* dense: encode the queries once and ask storage for the top k per query, with
+  the filter applied before the vector search;
+* keyword: BM25 from the store's full-text index (storage/keyword.py), the
+  filter a WHERE on the same query;
+* hybrid: the top ``candidates`` of both (same filter), fused by reciprocal
+  rank fusion (search/hybrid.py);
+* rerank (any mode): the top ``rerank_top`` re-scored by a cross-encoder
+  (search/rerank.py), returned in its score order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import ConfigError, InvalidInputError
 from ..indexer.encoder import Encoder
 from ..storage.store import CollectionStorage, StoredDoc
+from .hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS, check_fusion, rrf
 
 MAX_K = 1000
+MODES = ("dense", "keyword", "hybrid")
+HYBRID_CANDIDATES = 100  # per side: max(k, this)
+DEFAULT_RERANK_TOP = 50
 
 
 @dataclass
@@ -83,3 +94,156 @@ def vector_search(
     check_k(k)
     results = storage.search(np.asarray(vectors, dtype=np.float32), k, filter)
     return [[to_hit(doc, score) for doc, score in res] for res in results]
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise InvalidInputError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+    return mode
+
+
+def keyword_ranked(
+    storage: CollectionStorage, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+) -> list[list[tuple[int, float]]]:
+    """(vid, -bm25 or ts_rank) per query, best first."""
+    kw = getattr(storage.storage, "keyword", None)
+    if kw is None or not kw.supported:
+        raise ConfigError("keyword search needs a SQLite or PostgreSQL store")
+    storage._check_open()
+    return kw.search(storage, queries, k, filter)
+
+
+def keyword_search(
+    storage: CollectionStorage, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+) -> list[list[Hit]]:
+    queries = check_queries(queries)
+    check_k(k)
+    ranked = keyword_ranked(storage, queries, k, filter)
+    return _hits(storage, ranked)
+
+
+def hybrid_search(
+    storage: CollectionStorage,
+    encoder: Encoder,
+    queries: Sequence[str],
+    k: int,
+    filter: Mapping[str, Any] | None = None,
+    *,
+    normalize: bool = True,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    rrf_k: float = DEFAULT_RRF_K,
+    candidates: int | None = None,
+) -> list[list[Hit]]:
+    """Dense and keyword top-``candidates`` (default max(k, 100)), both filtered, fused by RRF."""
+    queries = check_queries(queries)
+    check_k(k)
+    ws, kk = check_fusion(weights, rrf_k, 2)
+    n = max(k, candidates if candidates is not None else HYBRID_CANDIDATES)
+    if not queries:
+        return []
+    vecs = encoder.encode(queries, normalize=normalize)
+    dense = storage.search(np.asarray(vecs, dtype=np.float32), n, filter)
+    keyword = keyword_ranked(storage, queries, n, filter)
+    fused: list[list[tuple[int, float]]] = []
+    docs: dict[int, StoredDoc] = {}
+    for d_res in dense:
+        for doc, _ in d_res:
+            docs[doc.vid] = doc
+    for d_res, k_res in zip(dense, keyword):
+        fused.append(
+            rrf([[doc.vid for doc, _ in d_res], [vid for vid, _ in k_res]], weights=ws, k=kk, limit=k)
+        )
+    return _hits(storage, fused, known=docs)
+
+
+def search(
+    storage: CollectionStorage,
+    encoder: Callable[[], Encoder],
+    queries: Sequence[str],
+    k: int,
+    filter: Mapping[str, Any] | None = None,
+    *,
+    mode: str = "dense",
+    normalize: bool = True,
+    rerank: str | None = None,
+    rerank_top: int = DEFAULT_RERANK_TOP,
+    hybrid_weights: Sequence[float] = DEFAULT_WEIGHTS,
+    rrf_k: float = DEFAULT_RRF_K,
+    candidates: int | None = None,
+    device: str | None = None,
+) -> list[list[Hit]]:
+    """Every mode and the optional rerank behind one call. ``encoder`` is only called when vectors are needed."""
+    check_mode(mode)
+    queries = check_queries(queries)
+    check_k(k)
+    if rerank is not None:
+        if isinstance(rerank_top, bool) or not isinstance(rerank_top, int) or not 1 <= rerank_top <= MAX_K:
+            raise InvalidInputError(f"rerank_top must be an integer from 1 to {MAX_K}, got {rerank_top!r}")
+        if not isinstance(rerank, str) or not rerank.strip():
+            raise InvalidInputError("rerank must be a cross-encoder model id or path")
+    if not queries:
+        return []
+    first_k = max(k, rerank_top) if rerank is not None else k
+    if mode == "dense":
+        hits = dense_search(storage, encoder(), queries, first_k, filter, normalize=normalize)
+    elif mode == "keyword":
+        hits = keyword_search(storage, queries, first_k, filter)
+    else:
+        hits = hybrid_search(
+            storage, encoder(), queries, first_k, filter, normalize=normalize,
+            weights=hybrid_weights, rrf_k=rrf_k, candidates=candidates,
+        )
+    if rerank is not None:
+        hits = rerank_hits(rerank, queries, hits, k, top=rerank_top, device=device)
+    return hits
+
+
+def rerank_hits(
+    model: str,
+    queries: Sequence[str],
+    hits: Sequence[Sequence[Hit]],
+    k: int,
+    *,
+    top: int = DEFAULT_RERANK_TOP,
+    device: str | None = None,
+) -> list[list[Hit]]:
+    """Re-score the first ``top`` hits of each query with a cross-encoder; top ``k`` in its order.
+
+    Equal cross-encoder scores keep the first-stage order. With ``k > top``, the first
+    ``k`` are re-scored (a reranked list never mixes two kinds of score).
+    """
+    from .rerank import get_reranker, passage
+
+    top = max(top, k)
+
+    reranker = get_reranker(model, device)
+    pairs: list[tuple[str, str]] = []
+    spans: list[tuple[int, int]] = []
+    for q, res in zip(queries, hits):
+        lo = len(pairs)
+        pairs.extend((q, passage(h.title, h.text)) for h in list(res)[:top])
+        spans.append((lo, len(pairs)))
+    scores = reranker.score(pairs)
+    out: list[list[Hit]] = []
+    for (lo, hi), res in zip(spans, hits):
+        cand = list(res)[: hi - lo]
+        sc = scores[lo:hi]
+        order = sorted(range(len(cand)), key=lambda i: (-float(sc[i]), i))[:k]
+        out.append([
+            Hit(id=cand[i].id, score=float(sc[i]), text=cand[i].text, metadata=cand[i].metadata, title=cand[i].title)
+            for i in order
+        ])
+    return out
+
+
+def _hits(
+    storage: CollectionStorage,
+    ranked: Sequence[Sequence[tuple[int, float]]],
+    known: Mapping[int, StoredDoc] | None = None,
+) -> list[list[Hit]]:
+    known = dict(known or {})
+    missing = {vid for res in ranked for vid, _ in res if vid not in known}
+    if missing:
+        known.update(storage.fetch(missing))
+    # a row deleted between the ranking and the fetch is dropped, never returned half-read
+    return [[to_hit(known[vid], score) for vid, score in res if vid in known] for res in ranked]

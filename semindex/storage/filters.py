@@ -80,12 +80,16 @@ compiled with :func:`sqlalchemy.ext.compiler.compiles`:
   ``COLLATE "C"`` on PostgreSQL so ordering is by code point like SQLite's
   BINARY collation and Python.
 
+The column may be JSONB (the documents table), JSON, or TEXT holding JSON
+(cast to jsonb on PostgreSQL). Stored keys containing dots are not
+addressable: ``"a.b"`` always means key ``b`` inside object ``a``.
+
 Paths: SQLite gets one bound JSON path ``$."a"."b"`` built from validated
 segments; PostgreSQL gets chained ``->`` with one bound key each (not ``#>``,
 which would treat ``"0"`` as an array index, unlike SQLite and Python).
-Wide ``$and``/``$or`` lists are compiled as balanced, parenthesised groups
-because SQLite limits expression depth (1,000) and a flat ``a OR b OR ...``
-is a left-deep tree.
+AND/OR/NOT are rendered by a small skeleton element (see ``_BoolTree``) that
+keeps SQLite's parser stack, SQLite's expression-depth limit and Python's
+recursion limit safe for every filter the validator accepts.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -385,7 +390,7 @@ def compile_filter(
     node = _parse(spec)
     if node is _ALL:
         return None
-    return _to_sql(node, column)[0]
+    return _to_sql(node, column)
 
 
 def matches(spec: Mapping[str, Any] | None, metadata: Mapping[str, Any]) -> bool:
@@ -522,6 +527,9 @@ class _JsonPathElement(ColumnElement[Any]):
     ]
 
     def __init__(self, column: ColumnElement[Any], path: tuple[str, ...]) -> None:
+        # Public builders can be called directly, so the path is checked here
+        # too: a quote in a segment would silently address another JSON path.
+        _parse_path(".".join(path), "")
         self.column = column
         self.path = path
         self.sqlite_path = sa.bindparam(None, _sqlite_json_path(path), type_=sa.String())
@@ -560,28 +568,6 @@ def json_number(column: ColumnElement[Any], path: tuple[str, ...]) -> ColumnElem
 def json_string(column: ColumnElement[Any], path: tuple[str, ...]) -> ColumnElement[str]:
     """The value as text (code-point ordered); NULL unless it is a JSON string."""
     return _JsonString(column, path)
-
-
-class _Parens(ColumnElement[bool]):
-    """Explicit parentheses; ``and_``/``or_`` flatten nested lists otherwise."""
-
-    inherit_cache = True
-    _traverse_internals: ClassVar[list[tuple[str, InternalTraversal]]] = [
-        ("element", InternalTraversal.dp_clauseelement)
-    ]
-    type = sa.Boolean()
-
-    def __init__(self, element: ColumnElement[bool]) -> None:
-        self.element = element
-
-    @property
-    def _from_objects(self) -> list[Any]:
-        return self.element._from_objects
-
-
-@compiles(_Parens)
-def _compile_parens(element: _Parens, compiler: SQLCompiler, **kw: Any) -> str:
-    return "(" + compiler.process(element.element, **kw) + ")"
 
 
 @compiles(_JsonPathElement)
@@ -699,17 +685,6 @@ def _string_pg(element: _JsonString, compiler: SQLCompiler, **kw: Any) -> str:
 
 # Filter -> SQL ------------------------------------------------------------
 
-# and_/or_ lists longer than this are split into parenthesised groups so the
-# SQLite expression tree stays shallow (its depth limit is 1,000).
-_GROUP = 16
-
-
-def _combine(fn: Callable[..., ColumnElement[bool]], parts: list[ColumnElement[bool]]) -> ColumnElement[bool]:
-    if len(parts) <= _GROUP:
-        return fn(*parts)
-    step = -(-len(parts) // _GROUP)
-    return fn(*(_Parens(_combine(fn, parts[i : i + step])) for i in range(0, len(parts), step)))
-
 
 def _never_null(expr: ColumnElement[bool]) -> ColumnElement[bool]:
     return sa.func.coalesce(expr, sa.false(), type_=sa.Boolean())
@@ -767,26 +742,115 @@ def _cond_sql(cond: _Cond, column: ColumnElement[Any]) -> ColumnElement[bool]:
     return _never_null(compare(json_number(column, cond.path), sa.bindparam(None, value, type_=sa.Double())))
 
 
-def _to_sql(node: _Node, column: ColumnElement[Any], negate: bool = False) -> tuple[ColumnElement[bool], int]:
-    """Build SQL for *node* (negated if *negate*) and its SQLite parser-stack cost.
+# Boolean skeleton -----------------------------------------------------------
+#
+# AND/OR/NOT are rendered by _BoolTree rather than nested and_()/or_()/not_():
+#
+# * SQLite's LALR parser has a fixed stack (~100 entries). A parenthesised
+#   group costs about one entry in first position of a list but three after
+#   an AND/OR, so NOT is pushed down to the leaves (De Morgan -- exact here
+#   because every leaf is TRUE or FALSE) and the costliest child goes first.
+#   Reordering is safe for the same reason.
+# * SQLite caps expression-tree depth at 1,000 and "a OR b OR ..." is a
+#   left-deep tree, so lists longer than _GROUP become parenthesised groups.
+# * SQLAlchemy's compiler spends ~25 Python frames per nested boolean group;
+#   a 32-level filter came close to the default recursion limit. Here each
+#   level is one frame, and leaves are compiled one at a time.
+#
+# A shape is ("leaf", index, cost) | ("true"|"false", None, 0) |
+# ("and"|"or", (shape, ...), cost); it is part of the cache key, the leaf
+# expressions (with their bound parameters) are traversed normally.
 
-    SQLite's LALR parser has a fixed stack of about 100 entries. NOT is pushed
-    down to the leaves (De Morgan; exact because every leaf is TRUE or FALSE),
-    and the costliest child goes first in each list: a parenthesised group
-    costs about one stack entry in first position but three after an
-    ``AND``/``OR``. That keeps every valid filter (depth 32, 1,000 nodes)
-    well inside the limit. Reordering is safe for the same reason.
-    """
+_Shape = tuple[str, Any, int]
+_GROUP = 16
+_TRUE: _Shape = ("true", None, 0)
+_FALSE: _Shape = ("false", None, 0)
+
+
+class _BoolTree(ColumnElement[bool]):
+    """AND/OR skeleton over independently compiled leaf predicates."""
+
+    inherit_cache = True
+    _traverse_internals: ClassVar[list[tuple[str, InternalTraversal]]] = [
+        ("shape", InternalTraversal.dp_plain_obj),
+        ("leaves", InternalTraversal.dp_clauseelement_tuple),
+    ]
+    type = sa.Boolean()
+
+    def __init__(self, shape: _Shape, leaves: tuple[ColumnElement[bool], ...]) -> None:
+        self.shape = shape
+        self.leaves = leaves
+
+    @property
+    def _from_objects(self) -> list[Any]:
+        seen: dict[Any, None] = {}
+        for leaf in self.leaves:
+            seen.update(dict.fromkeys(leaf._from_objects))
+        return list(seen)
+
+
+@compiles(_BoolTree)
+def _compile_tree(element: _BoolTree, compiler: SQLCompiler, **kw: Any) -> str:
+    def render(shape: _Shape) -> str:
+        kind, payload, _ = shape
+        if kind == "leaf":
+            return compiler.process(element.leaves[payload], **kw)
+        if kind in ("true", "false"):
+            return compiler.process(sa.true() if kind == "true" else sa.false(), **kw)
+        separator = " AND " if kind == "and" else " OR "
+        return "(" + separator.join(render(child) for child in payload) + ")"
+
+    sql = render(element.shape)
+    # Always parenthesised, so callers may compose freely: SQLAlchemy renders
+    # ``clause.is_(None)`` over a bare ``NOT x`` as ``NOT x IS NULL``, which
+    # PostgreSQL reads as ``NOT (x IS NULL)``.
+    return sql if element.shape[0] in ("and", "or") else f"({sql})"
+
+
+def _group(kind: str, items: list[_Shape]) -> _Shape:
+    """One AND/OR list, costliest first, split into groups of at most _GROUP."""
+    items.sort(key=lambda shape: shape[2], reverse=True)
+    while len(items) > _GROUP:
+        step = -(-len(items) // _GROUP)
+        items = [_group(kind, items[i : i + step]) for i in range(0, len(items), step)]
+    cost = max(shape[2] + (1 if i == 0 else 3) for i, shape in enumerate(items))
+    return (kind, tuple(items), cost)
+
+
+def _build(
+    node: _Node, column: ColumnElement[Any], negate: bool, leaves: list[ColumnElement[bool]]
+) -> _Shape:
     if isinstance(node, _All):
-        return (sa.false() if negate else sa.true()), 0
+        return _FALSE if negate else _TRUE
     if isinstance(node, _Not):
-        return _to_sql(node.child, column, not negate)
+        return _build(node.child, column, not negate, leaves)
     if isinstance(node, _Bool):
-        conjunction = (node.op == "and") != negate
-        built = sorted(
-            (_to_sql(child, column, negate) for child in node.children), key=lambda b: b[1], reverse=True
-        )
-        cost = max(c + (1 if i == 0 else 3) for i, (_, c) in enumerate(built))
-        return _combine(sa.and_ if conjunction else sa.or_, [e for e, _ in built]), cost
+        kind = "and" if (node.op == "and") != negate else "or"
+        identity, absorbing = (_TRUE, _FALSE) if kind == "and" else (_FALSE, _TRUE)
+        items: list[_Shape] = []
+        for child in node.children:
+            shape = _build(child, column, negate, leaves)
+            if shape == absorbing:
+                return absorbing
+            if shape[0] == kind:  # (a AND b) AND c -> a AND b AND c
+                items.extend(shape[1])
+            elif shape != identity:
+                items.append(shape)
+        if not items:
+            return identity
+        return items[0] if len(items) == 1 else _group(kind, items)
     expr = _cond_sql(node, column)
-    return (sa.not_(expr) if negate else expr), 0
+    if negate:
+        expr = sa.not_(expr)
+    leaves.append(expr.self_group(against=operators.and_))  # an $in's OR needs parentheses
+    return ("leaf", len(leaves) - 1, 0)
+
+
+def _to_sql(node: _Node, column: ColumnElement[Any]) -> ColumnElement[bool]:
+    leaves: list[ColumnElement[bool]] = []
+    shape = _build(node, column, False, leaves)
+    if shape == _TRUE:
+        return sa.true()
+    if shape == _FALSE:
+        return sa.false()
+    return _BoolTree(shape, tuple(leaves))

@@ -19,8 +19,10 @@ The rules, in the order they matter when something goes wrong:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
+import math
 import os
 import re
 import shutil
@@ -41,10 +43,19 @@ from ..errors import (
     CollectionExistsError,
     CollectionNotFoundError,
     ConfigError,
+    InvalidInputError,
     InvalidNameError,
     StorageError,
 )
 from . import schema as s
+from .autoindex import (
+    DEFAULT_TARGET_RECALL,
+    BuildReport,
+    build_from_source,
+    default_budget,
+    outgrown,
+    parse_bytes,
+)
 from .filters import compile_filter
 from .vectors import (
     Manifest,
@@ -61,7 +72,10 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CHUNK = 500  # rows per IN (...) list: well under every driver's parameter limit
 EXACT_MAX = 4096  # a filter matching at most this many rows is scored exactly from SQL
+EXACT_BLOCK = 20_000  # rows per block when scoring a large candidate set exactly
+ANN_EXACT_FRACTION = 0.02  # an ANN index is not used for filters matching < 2% of the rows
 CHECKPOINT_EVERY_OPS = 50_000  # vector changes before the checkpoint is rewritten
+SCHEMA_LOCK_KEY = 0x53454D49  # pg_advisory_xact_lock key for schema creation ("SEMI")
 
 
 def validate_collection_name(name: str) -> str:
@@ -85,6 +99,35 @@ def decode_embeddings(blobs: Sequence[bytes], dimension: int) -> np.ndarray:
     if not blobs:
         return np.empty((0, dimension), dtype=np.float32)
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimension).astype(np.float32)
+
+
+def _check_storable(doc: DocWrite) -> None:
+    """Values both backends store alike: no NUL characters (PostgreSQL text and jsonb refuse them)
+    and only finite numbers in metadata (NaN is not JSON: SQLite's json functions and jsonb reject it)."""
+
+    def bad(value: Any, depth: int = 0) -> str | None:
+        if isinstance(value, str):
+            return "a NUL character" if "\x00" in value else None
+        if isinstance(value, float):
+            return None if math.isfinite(value) else f"the number {value!r}"
+        if depth > 64:
+            return None
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                why = bad(str(k), depth + 1) or bad(v, depth + 1)
+                if why:
+                    return why
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                why = bad(v, depth + 1)
+                if why:
+                    return why
+        return None
+
+    for what, value in (("id", doc.doc_id), ("text", doc.text), ("title", doc.title), ("metadata", doc.metadata)):
+        why = bad(value)
+        if why:
+            raise InvalidInputError(f"document {doc.doc_id!r}: its {what} contains {why}, which cannot be stored")
 
 
 def chunked(seq: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -226,7 +269,9 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # "BEGIN IMMEDIATE" where a transaction reads before it writes and must not lose
+        # the race for the write lock (a deferred one would fail at once with SQLITE_BUSY).
+        conn.exec_driver_sql(conn.get_execution_options().get("semindex_begin", "BEGIN"))
 
 
 def make_engine(url: str) -> Engine:
@@ -263,13 +308,16 @@ class Storage:
         # Derived tables kept in step inside each write transaction.
         self.hooks: list[WriteHook] = []
         try:
-            s.metadata_obj.create_all(self.engine, checkfirst=True)
-            self.store_id = self._store_id()
+            self.store_id = self._existing_store_id() or self._create_schema()
         except sa.exc.OperationalError as exc:
+            err = _storage_error(exc)
+            if "disk is full" in str(err):
+                raise err from exc
             raise StorageError(f"cannot open database {self._safe_url()}: {exc.orig}") from exc
-        except sa.exc.IntegrityError:
-            # two processes created the schema at once; the other one won
-            self.store_id = self._store_id()
+        except sa.exc.DBAPIError as exc:
+            raise StorageError(f"cannot open database {self._safe_url()}: {exc.orig}") from exc
+        from .keyword import KeywordIndex  # the BM25 index: a write hook (storage/keyword.py)
+        self.keyword = KeywordIndex.attach(self)
 
     @property
     def dialect(self) -> str:
@@ -278,23 +326,45 @@ class Storage:
     def _safe_url(self) -> str:
         return sa.engine.make_url(self.db_url).render_as_string(hide_password=True)
 
-    def _store_id(self) -> str:
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(s.meta_table.c.value).where(s.meta_table.c.key == "store_id")
-            ).first()
-            if row:
-                return str(row[0])
-            sid = uuid.uuid4().hex
-            conn.execute(
-                s.meta_table.insert(),
-                [{"key": "store_id", "value": sid}, {"key": "schema_version", "value": str(s.SCHEMA_VERSION)}],
-            )
-            return sid
+    def _existing_store_id(self) -> str | None:
+        """The common case, read-only: the schema exists and the store has its id."""
+        with self.engine.connect() as conn:
+            if not set(s.metadata_obj.tables) <= set(sa.inspect(conn).get_table_names()):
+                return None  # no schema yet, or tables added since this store was made
+            row = conn.execute(sa.select(s.meta_table.c.value).where(s.meta_table.c.key == "store_id")).first()
+        return str(row[0]) if row else None
+
+    def _create_schema(self) -> str:
+        """Create the tables and the store id, serialised against other processes doing the same.
+
+        PostgreSQL: a transaction-scoped advisory lock (DDL is transactional, so a loser
+        sees the winner's tables once the lock is granted). SQLite: BEGIN IMMEDIATE takes
+        the write lock before the existence checks, waiting out the busy timeout.
+        """
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn = conn.execution_options(semindex_begin="BEGIN IMMEDIATE")
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+                s.metadata_obj.create_all(conn, checkfirst=True)
+                return self._store_id(conn)
+
+    def _store_id(self, conn: Connection) -> str:
+        row = conn.execute(sa.select(s.meta_table.c.value).where(s.meta_table.c.key == "store_id")).first()
+        if row:
+            return str(row[0])
+        sid = uuid.uuid4().hex
+        conn.execute(
+            s.meta_table.insert(),
+            [{"key": "store_id", "value": sid}, {"key": "schema_version", "value": str(s.SCHEMA_VERSION)}],
+        )
+        return sid
 
     # -- collections -------------------------------------------------------
 
     def get_record(self, name: str) -> CollectionRecord | None:
+        validate_collection_name(name)  # before it reaches SQL (PostgreSQL rejects NUL in text)
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(s.collections).where(s.collections.c.name == name)).first()
         return CollectionRecord.from_row(row) if row else None
@@ -428,10 +498,13 @@ class CollectionStorage:
             log.warning("index checkpoint in %s is ahead of the database; rebuilding", self.dir)
             return None
         try:
-            index = load_index(self.dir / manifest.file, manifest.spec, self.dimension, self.record.metric)
+            index = load_index(
+                self.dir / manifest.file, manifest.spec, self.dimension, self.record.metric, manifest.params
+            )
         except StorageError as exc:
             log.warning("%s; rebuilding from SQL", exc)
             return None
+        self._attach(index)
         if len(index) != manifest.count:
             log.warning("index checkpoint %s holds %d vectors, manifest says %d; rebuilding",
                         manifest.file, len(index), manifest.count)
@@ -465,20 +538,84 @@ class CollectionStorage:
             self.applied_version = version
             self._ops_since_checkpoint = len(index) or 1
 
-    def _build_from_sql(self, spec: str | None = None) -> tuple[VectorIndex, int]:
-        index = build_index(spec or self.record.index_spec, self.dimension, self.record.metric)
-        with self._snapshot() as conn:
-            version = self.current_version(conn)
-            q = (
-                sa.select(s.documents.c.vid, s.documents.c.embedding)
-                .where(s.documents.c.collection_id == self.id)
-                .order_by(s.documents.c.vid)
-                .execution_options(yield_per=20_000)
-            )
-            for part in conn.execute(q).partitions(20_000):
-                vids = np.array([r[0] for r in part], dtype=np.int64)
-                index.add(vids, decode_embeddings([r[1] for r in part], self.dimension))
+    # -- index choice, build and growth (semindex.storage.autoindex) ------------------------
+
+    @property
+    def target_recall(self) -> float:
+        return float(self.record.config.get("target_recall", DEFAULT_TARGET_RECALL))
+
+    @property
+    def memory_budget(self) -> int:
+        b = self.record.config.get("memory_budget")
+        return parse_bytes(b) if b else default_budget()
+
+    @property
+    def index_device(self) -> str:
+        return str(self.record.config.get("index_device") or os.environ.get("SEMINDEX_INDEX_DEVICE") or "auto")
+
+    def _attach(self, index: VectorIndex) -> VectorIndex:
+        """Wire an index to this collection: exact rescoring reads SQL; GPU search when asked/visible."""
+        index.refine_source = self.fetch_embeddings
+        index.use_device(self.index_device)
+        return index
+
+    def fetch_embeddings(self, vids: np.ndarray) -> np.ndarray:
+        """The stored float32 vectors of ``vids``, in that order (missing rows are zeros)."""
+        d = s.documents.c
+        vids = np.asarray(vids, dtype=np.int64)
+        out = np.zeros((len(vids), self.dimension), dtype=np.float32)
+        where = {int(v): i for i, v in enumerate(vids.tolist())}
+        with self.engine.connect() as conn:
+            for part in chunked(vids.tolist()):
+                for vid, blob in conn.execute(
+                    sa.select(d.vid, d.embedding).where((d.collection_id == self.id) & d.vid.in_(part))
+                ):
+                    if len(blob) == 4 * self.dimension:
+                        out[where[int(vid)]] = np.frombuffer(blob, dtype="<f4")
+        return out
+
+    def _build_from_sql(
+        self, spec: str | None = None, *, target_recall: float | None = None
+    ) -> tuple[VectorIndex, int]:
+        index, version, _ = self._build_report(spec, target_recall=target_recall)
         return index, version
+
+    def _build_report(
+        self, spec: str | None = None, *, target_recall: float | None = None
+    ) -> tuple[VectorIndex, int, BuildReport]:
+        """Build from the stored embeddings (never re-encoding): train on a sample, stream every
+        row in one snapshot, tune to the target recall. Returns the index and the version it reflects."""
+        source = _SQLSource(self)
+        index, report = build_from_source(
+            spec or self.record.index_spec,
+            self.dimension,
+            self.record.metric,
+            source,
+            target_recall=target_recall or self.target_recall,
+            budget=self.memory_budget,
+            device=self.index_device,
+            refine_source=self.fetch_embeddings,
+        )
+        self._attach(index)
+        assert source.version is not None or len(index) == 0
+        version = source.version if source.version is not None else self.current_version()
+        return index, version, report
+
+    def _maybe_upgrade(self) -> str | None:
+        """After a change: rebuild when the index has outgrown its range (auto) or its training
+        (IVF), or carries too many HNSW tombstones. Returns what happened, also logged."""
+        why = outgrown(self.index, self.record.index_spec, len(self.index), self.dimension, self.memory_budget)
+        if why is None:
+            return None
+        old = f"{self.index.spec} {_fmt_params(self.index.params)}"
+        index, version, report = self._build_report()
+        self.index, self.applied_version = index, version  # the rebuild read every row up to `version`
+        msg = (f"collection {self.record.name!r}: {why}; rebuilt {old} -> {index.spec} "
+               f"{_fmt_params(index.params)} in {report.seconds:.1f} s")
+        log.warning("%s", msg)
+        self.last_index_change = msg
+        self._ops_since_checkpoint = max(self._ops_since_checkpoint, CHECKPOINT_EVERY_OPS)
+        return msg
 
     def sync(self) -> int:
         """Replay committed changes past the index's version; returns how many vectors were touched."""
@@ -492,12 +629,19 @@ class CollectionStorage:
     def _replay_locked(self) -> int:
         self.applied_version, touched = self._replay_into(self.index, self.applied_version)
         self._ops_since_checkpoint += touched
+        if touched:
+            self._maybe_upgrade()
         return touched
 
-    def _replay_into(self, index: VectorIndex, from_version: int) -> tuple[int, int]:
-        """Apply the change log past ``from_version`` to ``index``; returns (new version, vectors touched)."""
+    def _replay_into(
+        self, index: VectorIndex, from_version: int, snapshot: Connection | None = None
+    ) -> tuple[int, int]:
+        """Apply the change log past ``from_version`` to ``index``; returns (new version, vectors touched).
+
+        ``snapshot``: read inside that open transaction instead of a fresh one (``check`` compares
+        rows and the replayed index as of one instant)."""
         c, d = s.changes.c, s.documents.c
-        with self._snapshot() as conn:
+        with contextlib.nullcontext(snapshot) if snapshot is not None else self._snapshot() as conn:
             version = self.current_version(conn)
             if version <= from_version:
                 return from_version, 0
@@ -525,32 +669,53 @@ class CollectionStorage:
             self.sync()
             if not force and self.applied_version == self._checkpoint_version:
                 return False
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with _file_lock(self.dir / ".lock"):
-                name = f"index-v{self.applied_version}-{uuid.uuid4().hex[:8]}.faiss"
-                self.index.save(self.dir / name)
-                manifest = Manifest(
-                    version=self.applied_version,
-                    file=name,
-                    spec=self.index.spec,
-                    count=len(self.index),
-                    dimension=self.dimension,
-                )
-                data = manifest.__dict__.copy()
-                data["store_id"] = self.storage.store_id
-                data["metric"] = self.record.metric
-                write_json_atomic(data, self.manifest_path)
-                for old in self.dir.glob("index-*.faiss"):
-                    if old.name != name:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                with _file_lock(self.dir / ".lock"):
+                    for tmp in self.dir.glob(".*.tmp"):  # left by a process killed mid-write
                         with contextlib.suppress(OSError):
-                            old.unlink()
+                            tmp.unlink()
+                    name = f"index-v{self.applied_version}-{uuid.uuid4().hex[:8]}.faiss"
+                    self.index.save(self.dir / name)
+                    manifest = Manifest(
+                        version=self.applied_version,
+                        file=name,
+                        spec=self.index.spec,
+                        count=len(self.index),
+                        dimension=self.dimension,
+                        params=_jsonable(self.index.params),
+                    )
+                    data = manifest.__dict__.copy()
+                    data["store_id"] = self.storage.store_id
+                    data["metric"] = self.record.metric
+                    try:
+                        write_json_atomic(data, self.manifest_path)
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            (self.dir / name).unlink()  # the old manifest and file stay in charge
+                        raise
+                    for old in self.dir.glob("index-*.faiss"):
+                        if old.name != name:
+                            with contextlib.suppress(OSError):
+                                old.unlink()
+            except StorageError as exc:
+                raise _index_write_error(exc) from exc
+            except OSError as exc:
+                raise _index_write_error(
+                    StorageError(f"cannot write the index checkpoint in {self.dir}: {exc.strerror or exc}")
+                ) from exc
             self._checkpoint_version = self.applied_version
             self._ops_since_checkpoint = 0
             return True
 
     def _maybe_checkpoint(self) -> None:
         if self._ops_since_checkpoint >= max(CHECKPOINT_EVERY_OPS, len(self.index) // 10):
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except StorageError as exc:
+                # The write is committed; the checkpoint is only a shortcut for the next open
+                # (which replays the change log instead), so a failed one must not fail the write.
+                log.warning("could not write the index checkpoint: %s", exc)
 
     def close(self) -> None:
         with self._lock:
@@ -656,8 +821,14 @@ class CollectionStorage:
             self._check_open()
             self.sync()
             if where is None:
-                scores, ids = self.index.search(queries, min(k, max(len(self.index), 1)))
+                kk = min(k, max(len(self.index), 1))
+                scores, ids = self.index.search(queries, kk)
                 results = _pairs(scores, ids)
+                short = [qi for qi, r in enumerate(results) if len(r) < min(kk, len(self.index))]
+                if short:  # an ANN probe that found too few (tiny IVF cells): search those exhaustively
+                    scores, ids = self.index.search(queries[short], kk, exhaustive=True)
+                    for qi, r in zip(short, _pairs(scores, ids)):
+                        results[qi] = r
             else:
                 results = self._filtered_search(queries, k, where)
             docs = self.fetch({vid for res in results for vid, _ in res})
@@ -674,35 +845,60 @@ class CollectionStorage:
             )
             if len(cand) == 0:
                 return [[] for _ in range(len(queries))]
-            if len(cand) <= EXACT_MAX or not getattr(self.index, "supports_selector", False):
+            exact = (
+                len(cand) <= EXACT_MAX
+                or not getattr(self.index, "supports_selector", False)
+                # an ANN index searching a small subset visits mostly rejected nodes / cells
+                or (self.index.kind != "flat" and len(cand) < ANN_EXACT_FRACTION * len(self.index))
+            )
+            if exact:
                 return self._exact(conn, queries, cand, k)
-        scores, ids = self.index.search(queries, min(k, len(cand)), allowed=cand)
-        return _pairs(scores, ids)
+        want = min(k, len(cand))
+        scores, ids = self.index.search(queries, want, allowed=cand)
+        results = _pairs(scores, ids)
+        short = [qi for qi, r in enumerate(results) if len(r) < want]
+        if short:  # the ANN probe found fewer than k of the matches: score those queries exactly
+            with self.engine.connect() as conn:
+                for qi, r in zip(short, self._exact(conn, queries[short], cand, k)):
+                    results[qi] = r
+        return results
 
     def _exact(
         self, conn: Connection, queries: np.ndarray, cand: np.ndarray, k: int
     ) -> list[list[tuple[int, float]]]:
         d = s.documents.c
-        vids: list[int] = []
-        blobs: list[bytes] = []
-        for part in chunked(cand.tolist()):
-            for vid, blob in conn.execute(
-                sa.select(d.vid, d.embedding).where((d.collection_id == self.id) & d.vid.in_(part))
-            ):
-                vids.append(vid)
-                blobs.append(blob)
-        mat = decode_embeddings(blobs, self.dimension)
-        if self.record.metric == "l2":
-            scores = -(
-                (queries**2).sum(1, keepdims=True) - 2 * queries @ mat.T + (mat**2).sum(1)[None, :]
-            )
-        else:
-            scores = queries @ mat.T
-        kk = min(k, len(vids))
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-        vid_arr = np.array(vids, dtype=np.int64)
+        nq = len(queries)
+        best_s = np.empty((nq, 0), dtype=np.float32)
+        best_i = np.empty((nq, 0), dtype=np.int64)
+        cand_list = cand.tolist()
+        # blocks of EXACT_BLOCK rows: memory stays bounded however many rows match
+        for lo in range(0, len(cand_list), EXACT_BLOCK):
+            vids: list[int] = []
+            blobs: list[bytes] = []
+            for part in chunked(cand_list[lo : lo + EXACT_BLOCK]):
+                for vid, blob in conn.execute(
+                    sa.select(d.vid, d.embedding).where((d.collection_id == self.id) & d.vid.in_(part))
+                ):
+                    vids.append(vid)
+                    blobs.append(blob)
+            if not vids:
+                continue
+            mat = decode_embeddings(blobs, self.dimension)
+            if self.record.metric == "l2":
+                scores = -(
+                    (queries**2).sum(1, keepdims=True) - 2 * queries @ mat.T + (mat**2).sum(1)[None, :]
+                )
+            else:
+                scores = queries @ mat.T
+            best_s = np.concatenate([best_s, scores.astype(np.float32)], axis=1)
+            best_i = np.concatenate([best_i, np.broadcast_to(np.array(vids, dtype=np.int64), (nq, len(vids)))], axis=1)
+            if best_s.shape[1] > k:
+                part_idx = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+                best_s = np.take_along_axis(best_s, part_idx, 1)
+                best_i = np.take_along_axis(best_i, part_idx, 1)
+        order = np.argsort(-best_s, axis=1, kind="stable")
         return [
-            [(int(vid_arr[j]), float(scores[qi, j])) for j in top[qi]] for qi in range(len(queries))
+            [(int(best_i[qi, j]), float(best_s[qi, j])) for j in order[qi]] for qi in range(nq)
         ]
 
     # -- writes ---------------------------------------------------------------
@@ -727,6 +923,8 @@ class CollectionStorage:
                     f"document {doc.doc_id!r}: embedding has shape {np.asarray(doc.embedding).shape}, "
                     f"collection {self.record.name!r} expects ({self.dimension},)"
                 )
+        for doc in by_id.values():
+            _check_storable(doc)
         upserted_vecs: dict[int, np.ndarray] = {}
         upserted_docs: list[tuple[int, DocWrite]] = []
         removed: list[int] = []
@@ -828,6 +1026,11 @@ class CollectionStorage:
             raise _storage_error(exc) from exc
         except sa.exc.IntegrityError as exc:
             raise StorageError(f"write conflict in collection {self.record.name!r}: {exc.orig}; retry") from exc
+        except sa.exc.DataError as exc:  # PostgreSQL refusing a value _check_storable did not foresee
+            raise InvalidInputError(
+                f"collection {self.record.name!r}: the database rejected a value in this batch: "
+                f"{str(exc.orig).strip().splitlines()[0]}"
+            ) from exc
         result.ids = list(by_id)
         self._apply(version, upserted_vecs, removed)
         return result
@@ -856,6 +1059,7 @@ class CollectionStorage:
                     self.index.add(np.array(list(upserted), dtype=np.int64), np.stack(list(upserted.values())))
                 self.applied_version = version
                 self._ops_since_checkpoint += len(touched)
+                self._maybe_upgrade()
             elif version > self.applied_version:
                 self._replay_locked()
             self._maybe_checkpoint()
@@ -868,46 +1072,54 @@ class CollectionStorage:
         with self._lock:
             self._check_open()
             expected_bytes = 4 * self.dimension
+            # One snapshot for everything below, so a writer in another process committing
+            # meanwhile cannot make rows and index disagree in the report.
             with self._snapshot() as conn:
                 version = self.current_version(conn)
                 rows = conn.execute(
                     sa.select(d.vid, d.doc_id, sa.func.length(d.embedding)).where(d.collection_id == self.id)
                 ).all()
-            report = CheckReport(collection=self.record.name, rows=len(rows), vectors=0)
-            report.bad_embeddings = [r[1] for r in rows if r[2] != expected_bytes]
-            # What a fresh process would end up with: checkpoint + replay.
-            probe, probe_version = self._probe_checkpoint(report)
-            if probe_version < version:
-                self._replay_into(probe, probe_version)
-            index_ids = set(probe.ids().tolist())
-            live_ids = set(self.index.ids().tolist())
-            row_vids = {int(r[0]): r[1] for r in rows}
-            report.vectors = len(index_ids)
-            for ids in (index_ids, live_ids):
-                report.missing_in_index += [row_vids[v] for v in row_vids.keys() - ids]
-                report.extra_in_index += sorted(ids - row_vids.keys())
-            report.missing_in_index = sorted(set(report.missing_in_index))
-            report.extra_in_index = sorted(set(report.extra_in_index))
-            # Spot-check that the vectors themselves match SQL.
-            common = sorted(index_ids & row_vids.keys())
-            if common:
-                rng = np.random.default_rng(0)
-                pick = rng.choice(np.array(common), size=min(sample, len(common)), replace=False)
-                recon = probe.reconstruct(pick)
-                if recon is not None:
-                    with self.engine.connect() as conn:
+                report = CheckReport(collection=self.record.name, rows=len(rows), vectors=0)
+                report.bad_embeddings = [r[1] for r in rows if r[2] != expected_bytes]
+                # What a fresh process would end up with: checkpoint + replay.
+                probe, probe_version = self._probe_checkpoint(report)
+                if probe_version > version:  # checkpointed by another process after our snapshot
+                    report.checkpoint += " (newer than this check's snapshot; compared as rebuilt)"
+                    probe = build_index(self.record.index_spec, self.dimension, self.record.metric)
+                    probe_version = 0  # replaying the whole log below is a rebuild from SQL
+                if probe_version < version:
+                    self._replay_into(probe, probe_version, conn)
+                if self.applied_version < version:  # the live index, brought to the same instant
+                    self.applied_version, touched = self._replay_into(self.index, self.applied_version, conn)
+                    self._ops_since_checkpoint += touched
+                index_ids = set(probe.ids().tolist())
+                live_ids = set(self.index.ids().tolist())
+                row_vids = {int(r[0]): r[1] for r in rows}
+                report.vectors = len(index_ids)
+                for ids in (index_ids, live_ids):
+                    report.missing_in_index += [row_vids[v] for v in row_vids.keys() - ids]
+                    report.extra_in_index += sorted(ids - row_vids.keys())
+                report.missing_in_index = sorted(set(report.missing_in_index))
+                report.extra_in_index = sorted(set(report.extra_in_index))
+                # Spot-check that the vectors themselves match SQL.
+                common = sorted(index_ids & row_vids.keys())
+                recon, got, pick = None, {}, np.empty(0, dtype=np.int64)
+                if common:
+                    rng = np.random.default_rng(0)
+                    pick = rng.choice(np.array(common), size=min(sample, len(common)), replace=False)
+                    recon = probe.reconstruct(pick)
+                    if recon is not None:
                         got = dict(
-                            conn.execute(
-                                sa.select(d.vid, d.embedding).where(d.vid.in_(pick.tolist()))
-                            ).all()
+                            conn.execute(sa.select(d.vid, d.embedding).where(d.vid.in_(pick.tolist()))).all()
                         )
-                    for vid, vec in zip(pick.tolist(), recon):
-                        blob = got.get(vid)
-                        if blob is None or len(blob) != expected_bytes:
-                            continue
-                        ref = np.frombuffer(blob, dtype="<f4")
-                        if not np.allclose(ref, vec, atol=1e-4):
-                            report.mismatched_vectors.append(row_vids[vid])
+            if recon is not None:
+                for vid, vec in zip(pick.tolist(), recon):
+                    blob = got.get(vid)
+                    if blob is None or len(blob) != expected_bytes:
+                        continue
+                    ref = np.frombuffer(blob, dtype="<f4")
+                    if not np.allclose(ref, vec, atol=1e-4):
+                        report.mismatched_vectors.append(row_vids[vid])
             return report
 
     def _probe_checkpoint(self, report: CheckReport) -> tuple[VectorIndex, int]:
@@ -922,7 +1134,9 @@ class CollectionStorage:
             report.checkpoint = "none (rebuilt from SQL on open)"
             return empty, 0
         try:
-            index = load_index(self.dir / manifest.file, manifest.spec, self.dimension, self.record.metric)
+            index = load_index(
+                self.dir / manifest.file, manifest.spec, self.dimension, self.record.metric, manifest.params
+            )
         except StorageError as exc:
             report.checkpoint = f"unreadable: {exc}"
             return empty, 0
@@ -941,18 +1155,56 @@ class CollectionStorage:
             self.checkpoint(force=True)
             return self.check()
 
-    def reindex(self, spec: str) -> None:
-        """Swap in a freshly built index of another type; the collection row records the choice."""
+    def reindex(
+        self,
+        spec: str | None = None,
+        *,
+        target_recall: float | None = None,
+        memory_budget: str | int | None = None,
+        device: str | None = None,
+    ) -> dict[str, Any]:
+        """Rebuild the index from the stored embeddings (never re-encoding) and swap the checkpoint.
+
+        ``spec``: auto, flat, hnsw, ivf, ivfpq or a FAISS factory string (default: the current
+        choice). The collection row records the choice and the tuning target; returns
+        ``{"old": {...}, "new": {...}, "seconds": ..., "count": ...}``.
+        """
+        spec = (spec or self.record.index_spec).strip()
+        build_index(spec, self.dimension, self.record.metric)  # a bad spec fails before any work
+        if target_recall is not None and not 0 < target_recall <= 1:
+            raise ConfigError(f"target recall must be in (0, 1], got {target_recall}")
         with self._lock:
-            index, version = self._build_from_sql(spec)
+            self._check_open()
+            self.sync()
+            old = {"type": self.index.spec, "policy": self.record.index_spec, "params": _jsonable(self.index.params)}
+            config = dict(self.record.config)
+            if target_recall is not None:
+                config["target_recall"] = float(target_recall)
+            if memory_budget is not None:
+                config["memory_budget"] = parse_bytes(memory_budget)
+            if device is not None:
+                config["index_device"] = device
             with self.engine.begin() as conn:
                 conn.execute(
-                    sa.update(s.collections).where(s.collections.c.id == self.id).values(index_spec=spec)
+                    sa.update(s.collections).where(s.collections.c.id == self.id).values(index_spec=spec, config=config)
                 )
             self.record = self.storage.get_record(self.record.name) or self.record
+        # Built outside the lock from one SQL snapshot: searches and writes go on meanwhile
+        # (against the old index); the swap then replays whatever was committed since.
+        index, version, report = self._build_report(spec)
+        with self._lock:
+            self._check_open()
             self.index, self.applied_version = index, version
             self.sync()
             self.checkpoint(force=True)
+            return {
+                "collection": self.record.name,
+                "old": old,
+                "new": {"type": index.spec, "policy": spec, "params": _jsonable(index.params)},
+                "count": len(index),
+                "seconds": round(report.seconds, 3),
+                "reason": report.reason,
+            }
 
     def disk_bytes(self) -> int:
         total = 0
@@ -961,6 +1213,62 @@ class CollectionStorage:
                 with contextlib.suppress(OSError):
                     total += p.stat().st_size
         return total
+
+
+class _SQLSource:
+    """The collection's rows as an EmbeddingSource; the streamed pass records its version."""
+
+    def __init__(self, coll: CollectionStorage) -> None:
+        self.coll = coll
+        self.version: int | None = None
+
+    def count(self) -> int:
+        return self.coll.count()
+
+    def all_ids(self) -> np.ndarray:
+        d = s.documents.c
+        with self.coll.engine.connect() as conn:
+            return np.array(
+                conn.execute(sa.select(d.vid).where(d.collection_id == self.coll.id).order_by(d.vid)).scalars().all(),
+                dtype=np.int64,
+            )
+
+    def fetch(self, ids: np.ndarray) -> np.ndarray:
+        return self.coll.fetch_embeddings(ids)
+
+    def iter_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        d = s.documents.c
+        with self.coll._snapshot() as conn:
+            self.version = self.coll.current_version(conn)
+            q = (
+                sa.select(d.vid, d.embedding)
+                .where(d.collection_id == self.coll.id)
+                .order_by(d.vid)
+                .execution_options(yield_per=20_000)
+            )
+            for part in conn.execute(q).partitions(20_000):
+                yield (
+                    np.array([r[0] for r in part], dtype=np.int64),
+                    decode_embeddings([r[1] for r in part], self.coll.dimension),
+                )
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, (np.integer,)):
+            v = int(v)
+        elif isinstance(v, (np.floating,)):
+            v = float(v)
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[str(k)] = v
+    return out
+
+
+def _fmt_params(params: Mapping[str, Any]) -> str:
+    keys = ("nlist", "nprobe", "M", "efSearch", "pq_m", "k_factor", "recall@10")
+    shown = [f"{k}={params[k]}" for k in keys if k in params]
+    return f"({', '.join(shown)})" if shown else ""
 
 
 def _pairs(scores: np.ndarray, ids: np.ndarray) -> list[list[tuple[int, float]]]:
@@ -979,11 +1287,25 @@ def _read_manifest_extra(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _storage_error(exc: sa.exc.OperationalError) -> StorageError:
-    msg = str(exc.orig)
-    if "disk" in msg.lower() and "full" in msg.lower():
-        return StorageError(f"the disk is full: {msg}")
+def _is_disk_full(msg: str) -> bool:
+    low = msg.lower()
+    return ("disk" in low and "full" in low) or "no space left" in low or "errno 28" in low
+
+
+def _storage_error(exc: sa.exc.DBAPIError) -> StorageError:
+    """SQLite's 'database or disk is full' and PostgreSQL's 'No space left on device' read the same."""
+    msg = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    if _is_disk_full(str(exc.orig)):
+        return StorageError(f"the disk is full: {msg} (free some space, then run the command again)")
     return StorageError(f"database error: {msg}")
+
+
+def _index_write_error(exc: StorageError) -> StorageError:
+    """An index checkpoint that could not be written: ENOSPC becomes the same 'disk is full' error."""
+    cause = exc.__cause__
+    if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or _is_disk_full(str(exc)):
+        return StorageError(f"the disk is full: {exc} (free some space, then run the command again)")
+    return exc
 
 
 @contextlib.contextmanager

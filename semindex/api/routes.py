@@ -1,0 +1,211 @@
+"""The endpoints. Each one parses HTTP, calls the library (semindex.core) and shapes the answer.
+
+Routes that touch the store are plain ``def``: FastAPI runs them in its thread
+pool, so encoding, vector search and SQL never block the event loop. Every one
+runs inside the app's WorkGate, which lets a shutdown wait for writes in flight.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Path, Query, Request, Response, status
+
+from .. import __version__
+from ..core import Collection, CollectionInfo, Store
+from ..errors import DocumentNotFoundError
+from ..search.searcher import Hit
+from .metrics import CONTENT_TYPE, Metrics
+from .schemas import (
+    COLLECTION_NAME,
+    BatchSearchRequest,
+    BatchSearchResponse,
+    CollectionCreate,
+    CollectionDeleted,
+    CollectionList,
+    CollectionOut,
+    DocumentDeleted,
+    DocumentIds,
+    DocumentOut,
+    DocumentsUpsert,
+    Health,
+    HitOut,
+    SearchRequest,
+    SearchResponse,
+    UpsertRequest,
+    UpsertResult,
+    VectorBatchSearch,
+    VectorSearch,
+)
+
+health_router = APIRouter()
+router = APIRouter()
+
+CollectionName = Annotated[str, Path(description="Collection name.", pattern=COLLECTION_NAME)]
+DocId = Annotated[str, Path(description="Document id (may contain '/').", max_length=2000)]
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def _coll(request: Request, name: str) -> Collection:
+    return _store(request).get_collection(name)
+
+
+def _info(info: CollectionInfo) -> CollectionOut:
+    return CollectionOut(**info.as_dict())
+
+
+def _hits(hits: list[Hit]) -> SearchResponse:
+    return SearchResponse(
+        hits=[HitOut(id=h.id, score=h.score, text=h.text, title=h.title, metadata=h.metadata) for h in hits]
+    )
+
+
+# -- health and metrics ----------------------------------------------------------
+
+
+@health_router.get("/health", response_model=Health, tags=["service"], summary="Liveness (no auth)")
+async def health() -> Health:
+    return Health(status="ok", version=__version__)
+
+
+@router.get(
+    "/metrics",
+    tags=["service"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}},
+)
+def metrics(request: Request) -> Response:
+    store = _store(request)
+    with request.app.state.gate.enter():
+        sizes = [(name, store.get_collection(name).count()) for name in store.collection_names()]
+    return Response(_metrics(request).render(sizes), media_type=CONTENT_TYPE)
+
+
+# -- collections ------------------------------------------------------------------
+
+
+@router.get("/collections", response_model=CollectionList, tags=["collections"])
+def list_collections(request: Request) -> CollectionList:
+    with request.app.state.gate.enter():
+        return CollectionList(collections=[_info(i) for i in _store(request).list_collections()])
+
+
+@router.post(
+    "/collections", response_model=CollectionOut, status_code=status.HTTP_201_CREATED, tags=["collections"]
+)
+def create_collection(request: Request, body: CollectionCreate) -> CollectionOut:
+    """Create a collection with a model (default all-MiniLM-L6-v2), or a vectors-only one: a dimension and no model."""
+    with request.app.state.gate.enter():
+        coll = _store(request).create_collection(
+            body.name, model=body.model, dimension=body.dimension, metric=body.metric, index=body.index
+        )
+        return _info(coll.info())
+
+
+@router.get("/collections/{name}", response_model=CollectionOut, tags=["collections"])
+def get_collection(request: Request, name: CollectionName) -> CollectionOut:
+    with request.app.state.gate.enter():
+        return _info(_coll(request, name).info())
+
+
+@router.delete("/collections/{name}", response_model=CollectionDeleted, tags=["collections"])
+def delete_collection(request: Request, name: CollectionName) -> CollectionDeleted:
+    with request.app.state.gate.enter():
+        _store(request).delete_collection(name)
+    return CollectionDeleted(name=name, deleted=True)
+
+
+# -- documents ----------------------------------------------------------------------
+
+
+@router.post("/collections/{name}/documents", response_model=UpsertResult, tags=["documents"])
+def upsert_documents(
+    request: Request,
+    name: CollectionName,
+    body: UpsertRequest,
+) -> UpsertResult:
+    """Upsert documents (encoded with the collection's model) or precomputed embeddings, in one transaction.
+
+    An existing id is replaced; unchanged content is not re-encoded. The write is
+    visible to searches once this response has returned.
+    """
+    with request.app.state.gate.enter():
+        coll = _coll(request, name)
+        if isinstance(body, DocumentsUpsert):
+            docs = [d.model_dump(exclude_none=True) for d in body.documents]
+            stats = coll.add(docs, commit_every=len(docs))
+        else:
+            stats = coll.add_embeddings(
+                body.ids,
+                np.asarray(body.embeddings, dtype=np.float32),
+                metadata=body.metadata,
+                texts=body.texts,
+            )
+    _metrics(request).documents_indexed(name, stats.added + stats.updated)
+    return UpsertResult(ids=stats.ids, added=stats.added, updated=stats.updated, unchanged=stats.unchanged)
+
+
+@router.get("/collections/{name}/documents", response_model=DocumentIds, tags=["documents"])
+def list_documents(
+    request: Request,
+    name: CollectionName,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DocumentIds:
+    """Document ids in insertion order, a page at a time."""
+    with request.app.state.gate.enter():
+        coll = _coll(request, name)
+        return DocumentIds(ids=coll.ids(offset=offset, limit=limit), offset=offset, count=coll.count())
+
+
+@router.get("/collections/{name}/documents/{doc_id:path}", response_model=DocumentOut, tags=["documents"])
+def get_document(request: Request, name: CollectionName, doc_id: DocId) -> DocumentOut:
+    with request.app.state.gate.enter():
+        doc = _coll(request, name).get(doc_id)
+    return DocumentOut(id=doc.id, text=doc.text, title=doc.title, metadata=doc.metadata)
+
+
+@router.delete("/collections/{name}/documents/{doc_id:path}", response_model=DocumentDeleted, tags=["documents"])
+def delete_document(request: Request, name: CollectionName, doc_id: DocId) -> DocumentDeleted:
+    with request.app.state.gate.enter():
+        coll = _coll(request, name)
+        if coll.delete(doc_id) == 0:
+            raise DocumentNotFoundError(doc_id, name)
+    return DocumentDeleted(id=doc_id, deleted=True)
+
+
+# -- search -------------------------------------------------------------------------
+
+
+@router.post("/collections/{name}/search", response_model=SearchResponse, tags=["search"])
+def search(request: Request, name: CollectionName, body: SearchRequest) -> SearchResponse:
+    """Top-k documents for a text ``query`` (or a query ``vector``); ``filter`` narrows the candidates first."""
+    with request.app.state.gate.enter():
+        coll = _coll(request, name)
+        if isinstance(body, VectorSearch):
+            hits = coll.search_vectors(np.asarray([body.vector], dtype=np.float32), body.k, filter=body.filter)[0]
+        else:
+            hits = coll.search(body.query, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank)
+    return _hits(hits)
+
+
+@router.post("/collections/{name}/search/batch", response_model=BatchSearchResponse, tags=["search"])
+def search_batch(request: Request, name: CollectionName, body: BatchSearchRequest) -> BatchSearchResponse:
+    """Many queries in one call (encoded together): one result list per query, in order."""
+    with request.app.state.gate.enter():
+        coll = _coll(request, name)
+        results: list[list[Any]]
+        if isinstance(body, VectorBatchSearch):
+            results = coll.search_vectors(np.asarray(body.vectors, dtype=np.float32), body.k, filter=body.filter)
+        else:
+            results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank)
+    return BatchSearchResponse(results=[_hits(r) for r in results])

@@ -1,0 +1,134 @@
+"""`semindex serve`: the HTTP API (semindex.api) under uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import ConfigError
+from .app import cli, open_store
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # same as semindex.api.DEFAULT_MAX_BODY_BYTES (not imported: keeps --help fast)
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
+    if api_key or insecure or is_loopback(host):
+        return
+    raise ConfigError(
+        f"refusing to serve on {host} without an API key: anyone who can reach it could read and change "
+        "the store; set --api-key (or $SEMINDEX_API_KEY), or pass --insecure"
+    )
+
+
+@cli.command("serve")
+@click.option("--store", "store_path", envvar="SEMINDEX_STORE", default="semindex-data", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Store folder. Env: SEMINDEX_STORE.")
+@click.option("--db", "db_url", envvar="SEMINDEX_DB_URL", default=None,
+              help="SQLAlchemy URL of the metadata database (default: SQLite inside --store). Env: SEMINDEX_DB_URL.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--api-key", envvar="SEMINDEX_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /health. Env: SEMINDEX_API_KEY.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without an API key.")
+@click.option("--max-body-bytes", default=DEFAULT_MAX_BODY_BYTES, show_default=True,
+              type=click.IntRange(1024, None), help="Larger request bodies are refused with 413.")
+@click.option("--device", default=None, help="Model device: auto (default), cpu, cuda, cuda:N or mps.")
+@click.option("--torch-threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads per model call (default: torch's, one per core). 1 is often faster on a "
+                   "machine whose cores are busy with other work.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log one line per request.")
+def serve_command(
+    store_path: Path,
+    db_url: str | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    insecure: bool,
+    max_body_bytes: int,
+    device: str | None,
+    torch_threads: int | None,
+    log_level: str,
+    access_log: bool,
+) -> None:
+    """Serve the store over HTTP (JSON; docs at /docs, schema at /openapi.json).
+
+    Models are loaded once at start-up. SIGTERM or Ctrl-C stops accepting
+    connections, lets the requests in flight finish, then checkpoints the index
+    and closes the store.
+
+    \b
+    Examples:
+      semindex index samples/sample.jsonl && semindex serve
+      curl -s localhost:8000/collections/default/search -d '{"query": "black holes", "k": 3}' \\
+           -H 'content-type: application/json'
+      SEMINDEX_API_KEY=s3cret semindex serve --host 0.0.0.0 --port 8080
+    """
+    import uvicorn
+
+    from ..api import create_app
+
+    api_key = api_key or None
+    check_exposure(host, api_key, insecure)
+    logging.getLogger("semindex").setLevel(log_level.upper())
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    store = open_store(store_path, db_url, must_exist=False, device=device)
+    try:
+        app = create_app(store, api_key=api_key, max_body_bytes=max_body_bytes, close_store=True)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            timeout_graceful_shutdown=60,
+            lifespan="on",
+        )
+        server = _server(config)
+        click.echo(f"semindex: serving {store.path} on http://{host}:{port} "
+                   f"({'API key required' if api_key else 'no API key'})", err=True)
+        server.run()
+        if not server.started:
+            raise ConfigError(f"the server did not start on {host}:{port} (see the log above)")
+    finally:
+        store.close()
+    click.echo("semindex: shut down cleanly", err=True)
+
+
+def _server(config: Any) -> Any:
+    """A uvicorn.Server that exits normally (status 0) after a graceful shutdown on SIGTERM/SIGINT.
+
+    Plain uvicorn re-raises the captured signal once it has shut down, which would
+    kill the process with that signal instead of returning.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()
+
+    return Server(config)

@@ -1,0 +1,398 @@
+"""Choosing, building and tuning a vector index from the stored embeddings.
+
+The policy (``auto``), by vector count n and a memory budget B for the index:
+
+============================  =========================================================
+n < 50,000                    ``flat``: exact, and a scan of 50k vectors is ~ms
+n < 500,000 and HNSW fits B   ``hnsw`` (M=32): best QPS/recall; build cost grows
+                              ~n log n and it cannot delete (tombstones), so it stops
+                              at 500k where a rebuild would take minutes
+IVF-Flat fits B               ``ivf`` with nlist ~ 4*sqrt(n); cheap to train on a
+                              sample, supports removal
+otherwise                     ``ivfpq``: ~d/8 bytes of code per vector (or fewer, to
+                              fit B), candidates rescored exactly from SQL
+============================  =========================================================
+
+B is ``collections.config["memory_budget"]`` (bytes), else $SEMINDEX_INDEX_MEMORY
+(bytes, or with a K/M/G suffix), else half the machine's RAM.
+
+Everything here works on an :class:`EmbeddingSource` (the store's SQL rows, or a numpy
+array in the benchmark), so the benchmark measures exactly the code the store runs:
+
+1. training sample: 40 points per IVF cell (faiss asks 39..256), at least 10k for PQ;
+2. one streamed pass that adds every vector and, in the same pass, computes the exact
+   top-11 of 200 query vectors drawn from the stored vectors (their own id is dropped,
+   so each query is a held-out point);
+3. tuning: the smallest nprobe / efSearch (and for PQ the smallest rescoring factor)
+   whose recall@10 against that exact answer reaches the target (default 0.95).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ConfigError
+from .vectors import (
+    HNSW_M,
+    VectorIndex,
+    as_vectors,
+    build_index,
+    default_nlist,
+    pq_subquantizers,
+    spec_kind,
+)
+
+log = logging.getLogger(__name__)
+
+FLAT_MAX = 50_000
+HNSW_MAX = 500_000
+TOMBSTONE_REBUILD = 0.20
+IVF_REGROW = 4.0  # retrain an IVF when the collection is this many times what it was trained for
+TUNE_QUERIES = 200
+TUNE_K = 10
+DEFAULT_TARGET_RECALL = 0.95
+RANK = {"flat": 0, "hnsw": 1, "ivf": 2, "ivfpq": 3}
+
+
+def parse_bytes(text: str | int | float) -> int:
+    if isinstance(text, (int, float)):
+        return int(text)
+    t = text.strip().upper().rstrip("B").rstrip("I")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    try:
+        return int(float(t) * mult)
+    except ValueError as exc:
+        raise ConfigError(f"bad memory size {text!r} (e.g. 4G, 512M)") from exc
+
+
+def default_budget() -> int:
+    env = os.environ.get("SEMINDEX_INDEX_MEMORY")
+    if env:
+        return parse_bytes(env)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def estimate_bytes(kind: str, n: int, dimension: int, pq_m: int | None = None) -> int:
+    """What :meth:`memory_bytes` will report for ``kind`` at ``n`` vectors (for the policy)."""
+    if kind == "flat":
+        return n * (4 * dimension + 24)
+    if kind == "hnsw":
+        return n * (4 * dimension + 8 * HNSW_M + 4 * HNSW_M // 8 + 20)
+    nlist = default_nlist(n)
+    if kind == "ivf":
+        return n * (4 * dimension + 8 + 48) + nlist * dimension * 4
+    if kind == "ivfpq":
+        m = pq_m or pq_subquantizers(dimension)
+        return n * (m + 8) + nlist * dimension * 4 + 256 * dimension * 4
+    raise ConfigError(f"no estimate for {kind!r}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    spec: str
+    params: dict[str, Any]
+    reason: str
+
+
+def choose_spec(n: int, dimension: int, budget: int | None = None) -> Choice:
+    """The ``auto`` policy (see the module docstring)."""
+    budget = budget or default_budget()
+    if n < FLAT_MAX and estimate_bytes("flat", n, dimension) <= budget:
+        return Choice("flat", {}, f"{n} vectors < {FLAT_MAX}: exact search is fast enough")
+    if n < HNSW_MAX and estimate_bytes("hnsw", n, dimension) <= budget:
+        return Choice("hnsw", {}, f"{n} vectors < {HNSW_MAX} and HNSW fits the {budget >> 20} MiB budget")
+    if estimate_bytes("ivf", n, dimension) <= budget:
+        return Choice("ivf", {}, f"{n} vectors: IVF-Flat fits the {budget >> 20} MiB budget")
+    m = pq_subquantizers(dimension)
+    while m > 1 and estimate_bytes("ivfpq", n, dimension, m) > budget:
+        m = pq_subquantizers(dimension, m - 1)
+    return Choice("ivfpq", {"pq_m": m}, f"{n} vectors: only IVF-PQ ({m} bytes/vector) fits the {budget >> 20} MiB budget")
+
+
+def outgrown(index: VectorIndex, policy: str, n: int, dimension: int, budget: int | None = None) -> str | None:
+    """Why ``index`` should be rebuilt now that the collection holds ``n`` vectors, or None."""
+    if index.tombstone_ratio() > TOMBSTONE_REBUILD:
+        return f"{index.tombstone_ratio():.0%} of the HNSW nodes are tombstones"
+    if policy == "auto":
+        choice = choose_spec(n, dimension, budget)
+        cur = RANK.get(index.kind)
+        if cur is not None and RANK[choice.spec] > cur:
+            return f"grew to {n} vectors: {index.kind} -> {choice.spec} ({choice.reason})"
+    if index.kind in ("ivf", "ivfpq"):
+        built_for = int(index.params.get("built_for", 0) or 0)
+        if built_for and n > IVF_REGROW * max(built_for, 1000):
+            return f"grew to {n} vectors, {n / built_for:.1f}x what its {index.params.get('nlist')} cells were trained for"
+    return None
+
+
+# -- sources -------------------------------------------------------------------------
+
+
+class EmbeddingSource(Protocol):
+    """Where a build reads vectors from: the store's SQL rows, or an array (benchmark)."""
+
+    def count(self) -> int: ...
+    def all_ids(self) -> np.ndarray: ...
+    def fetch(self, ids: np.ndarray) -> np.ndarray: ...
+    def iter_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+class ArraySource:
+    """An (n, d) array (a np.memmap is fine: batches are copied out one at a time); id = row."""
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray | None = None, batch: int = 50_000) -> None:
+        self.vectors = vectors
+        self.ids = np.arange(len(vectors), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        self.batch = batch
+        self._pos: np.ndarray | None = None
+        if ids is not None:
+            self._order = np.argsort(self.ids)
+
+    def count(self) -> int:
+        return len(self.vectors)
+
+    def all_ids(self) -> np.ndarray:
+        return self.ids
+
+    def fetch(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if hasattr(self, "_order"):
+            rows = self._order[np.searchsorted(self.ids, ids, sorter=self._order)]
+        else:
+            rows = ids
+        order = np.argsort(rows)
+        out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
+        out[order] = self.vectors[rows[order]]
+        return out
+
+    def iter_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for lo in range(0, len(self.vectors), self.batch):
+            hi = min(lo + self.batch, len(self.vectors))
+            yield self.ids[lo:hi], np.ascontiguousarray(self.vectors[lo:hi], dtype=np.float32)
+
+
+# -- exact answers for tuning ----------------------------------------------------------
+
+
+class GroundTruth:
+    """Exact top-(k+1) of a few queries, accumulated batch by batch during the build pass."""
+
+    def __init__(self, query_ids: np.ndarray, queries: np.ndarray, metric: str, k: int = TUNE_K) -> None:
+        self.query_ids = np.asarray(query_ids, dtype=np.int64)
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.metric = metric
+        self.k = k
+        nq = len(queries)
+        self.scores = np.full((nq, k + 1), -np.inf, dtype=np.float32)
+        self.ids = np.full((nq, k + 1), -1, dtype=np.int64)
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(ids) or not len(self.queries):
+            return
+        if self.metric == "l2":
+            sc = -((self.queries**2).sum(1, keepdims=True) - 2 * self.queries @ vectors.T + (vectors**2).sum(1)[None, :])
+        else:
+            sc = self.queries @ vectors.T
+        allsc = np.concatenate([self.scores, sc.astype(np.float32)], axis=1)
+        allid = np.concatenate([self.ids, np.broadcast_to(ids, (len(self.queries), len(ids)))], axis=1)
+        kk = self.k + 1
+        part = np.argpartition(-allsc, kk - 1, axis=1)[:, :kk] if allsc.shape[1] > kk else np.argsort(-allsc, axis=1)
+        self.scores = np.take_along_axis(allsc, part, 1)
+        self.ids = np.take_along_axis(allid, part, 1)
+
+    def truth(self) -> list[set[int]]:
+        out = []
+        for qi in range(len(self.queries)):
+            order = np.argsort(-self.scores[qi], kind="stable")
+            ids = [int(i) for i in self.ids[qi][order] if i >= 0 and i != self.query_ids[qi]]
+            out.append(set(ids[: self.k]))
+        return out
+
+
+def recall_at_k(index: VectorIndex, gt: GroundTruth, params: Mapping[str, Any] | None = None) -> float:
+    truth = gt.truth()
+    if not truth:
+        return 1.0
+    _, lab = index.search(gt.queries, gt.k + 1, params=params)
+    hit = total = 0
+    for qi, t in enumerate(truth):
+        if not t:
+            continue
+        got = [int(i) for i in lab[qi] if i >= 0 and i != gt.query_ids[qi]][: gt.k]
+        hit += len(t.intersection(got))
+        total += len(t)
+    return hit / total if total else 1.0
+
+
+def _ladder(limit: int) -> list[int]:
+    vals = []
+    v = 1
+    while v < limit:
+        vals.append(v)
+        vals.append(int(v * 1.5)) if int(v * 1.5) > v and int(v * 1.5) < limit else None
+        v *= 2
+    vals.append(limit)
+    return sorted(set(vals))
+
+
+def _smallest(values: list[int], ok: Callable[[int], float], target: float) -> tuple[int, float, bool]:
+    """Binary search for the smallest value with recall >= target (recall rises with it)."""
+    lo, hi = 0, len(values) - 1
+    best: tuple[int, float] | None = None
+    cache: dict[int, float] = {}
+
+    def rec(i: int) -> float:
+        if values[i] not in cache:
+            cache[values[i]] = ok(values[i])
+        return cache[values[i]]
+
+    if rec(hi) < target:
+        return values[hi], rec(hi), False
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        r = rec(mid)
+        if r >= target:
+            best = (values[mid], r)
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    assert best is not None
+    return best[0], best[1], True
+
+
+def tune(index: VectorIndex, gt: GroundTruth, target: float = DEFAULT_TARGET_RECALL) -> dict[str, Any]:
+    """Set index.params to the cheapest settings reaching ``target`` recall@10; returns a summary."""
+    knobs = index.tunable()
+    if not knobs or not len(gt.queries):
+        return {}
+    start = time.perf_counter()
+    found = True
+    if "efSearch" in knobs:
+        ef, rec, found = _smallest([16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
+                                   lambda v: recall_at_k(index, gt, {"efSearch": v}), target)
+        index.params["efSearch"] = ef
+    elif "nprobe" in knobs:
+        nlist = int(index.params.get("nlist", 1))
+        probes = _ladder(nlist)
+        factors = [4, 8, 16, 32, 64] if "k_factor" in knobs and index.refine_source is not None else [None]
+        for kf in factors:
+            extra = {} if kf is None else {"k_factor": kf}
+            nprobe, rec, found = _smallest(
+                probes, lambda v, extra=extra: recall_at_k(index, gt, {"nprobe": v, **extra}), target
+            )
+            if found or kf == factors[-1]:
+                index.params["nprobe"] = nprobe
+                if kf is not None:
+                    index.params["k_factor"] = kf
+                break
+    elif "k_factor" in knobs and index.refine_source is not None:
+        kf, rec, found = _smallest([1, 2, 4, 8, 16, 32, 64], lambda v: recall_at_k(index, gt, {"k_factor": v}), target)
+        index.params["k_factor"] = kf
+    else:
+        return {}
+    index.params["recall@10"] = round(float(rec), 4)
+    index.params["target_recall"] = target
+    if not found:
+        log.warning("index %s reaches only recall@10 %.3f < target %.2f at its most thorough settings",
+                    index.spec, rec, target)
+    return {"recall@10": rec, "reached": found, "tune_seconds": time.perf_counter() - start}
+
+
+# -- building --------------------------------------------------------------------------
+
+
+@dataclass
+class BuildReport:
+    spec: str
+    params: dict[str, Any]
+    count: int
+    seconds: float
+    reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def training_size(index: VectorIndex, n: int) -> int:
+    if index.kind in ("ivf", "ivfpq") or (index.kind == "factory" and "IVF" in index.spec):
+        cells = default_nlist(n) if index.kind != "factory" else int(index.params.get("nlist", default_nlist(n)))
+        want = 40 * cells
+        if index.lossy:
+            want = max(want, 10_000)
+        return int(min(n, max(want, 1000), 256 * cells if index.kind != "ivfpq" else max(256 * cells, 20_000)))
+    return int(min(n, 50_000))
+
+
+def build_from_source(
+    spec: str,
+    dimension: int,
+    metric: str,
+    source: EmbeddingSource,
+    *,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    budget: int | None = None,
+    tune_params: bool = True,
+    seed: int = 0,
+    device: str | None = None,
+    refine_source: Callable[[np.ndarray], np.ndarray] | None = None,
+    on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+) -> tuple[VectorIndex, BuildReport]:
+    """Build ``spec`` (or resolve ``auto``) from every vector of ``source``: train, add, tune."""
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    rng = np.random.default_rng(seed)
+    n = source.count()
+    reason = ""
+    params: dict[str, Any] = {}
+    concrete = spec
+    if spec == "auto":
+        choice = choose_spec(n, dimension, budget)
+        concrete, params, reason = choice.spec, dict(choice.params), choice.reason
+    index = build_index(concrete, dimension, metric, params=params)
+    if device is not None:
+        index.use_device(device)
+    index.refine_source = refine_source or source.fetch
+    all_ids: np.ndarray | None = None
+    needs_train = not index.is_trained
+    tunable = bool(index.tunable()) and tune_params and n > 0
+    if (needs_train or tunable) and n:
+        all_ids = source.all_ids()
+    if needs_train and n:
+        t = time.perf_counter()
+        m = training_size(index, n)
+        pick = np.sort(rng.choice(all_ids, size=m, replace=False)) if m < len(all_ids) else np.asarray(all_ids)
+        index.train(source.fetch(pick), n)
+        timings["train_s"] = time.perf_counter() - t
+    gt = None
+    if tunable and all_ids is not None:
+        nq = min(TUNE_QUERIES, len(all_ids))
+        qids = np.sort(rng.choice(all_ids, size=nq, replace=False))
+        gt = GroundTruth(qids, as_vectors(source.fetch(qids), dimension), metric)
+    t = time.perf_counter()
+    for ids, vecs in source.iter_batches():
+        index.add(ids, vecs)
+        if gt is not None:
+            gt.update(ids, vecs)
+        if on_batch is not None:
+            on_batch(ids, vecs)
+    timings["add_s"] = time.perf_counter() - t
+    if gt is not None and len(index):
+        t = time.perf_counter()
+        tune(index, gt, target_recall)
+        timings["tune_s"] = time.perf_counter() - t
+    index.params["built_for"] = max(int(index.params.get("built_for", 0) or 0), len(index))
+    if index.kind in ("hnsw",) or spec_kind(index.spec) == "factory":
+        index.params["built_for"] = len(index)
+    return index, BuildReport(index.spec, dict(index.params), len(index), time.perf_counter() - start, reason, timings)

@@ -1,0 +1,117 @@
+"""Real servers for the API tests: `semindex serve` as a subprocess, or uvicorn in a thread of this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support import REPO, SAMPLE, run_cli
+
+KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[Any] | None = None, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{read_log(proc)}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server at {base} did not become healthy in {timeout} s")
+
+
+def read_log(proc: subprocess.Popen[Any]) -> str:
+    log = getattr(proc, "log_path", None)
+    return Path(log).read_text(encoding="utf-8", errors="replace") if log else ""
+
+
+class ServeProcess:
+    """`python -m semindex serve --store DIR --port P ...` with its log in a file."""
+
+    def __init__(self, store: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.store = store
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = store.parent / f"serve-{self.port}.log"
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMINDEX_")}
+        full_env = {**base_env, "PYTHONPATH": str(REPO), **(env or {})}
+        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "semindex", "serve", "--store", str(store), "--port", str(self.port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        self.proc.log_path = str(self.log_path)  # type: ignore[attr-defined]
+
+    def wait(self) -> ServeProcess:
+        wait_healthy(self.base, self.proc)
+        return self
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+class ThreadServer:
+    """uvicorn.Server running create_app(store) in a background thread of the test process."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError("in-process server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def cli_store(tmp_path: Path, *db_args: str) -> Path:
+    """A store built the way a user builds one: `semindex index samples/sample.jsonl` (plus e.g. --db URL)."""
+    store = tmp_path / "cli-store"
+    run_cli("index", str(SAMPLE), "--store", str(store), *db_args, check=True)
+    return store
