@@ -15,12 +15,14 @@ import pytest
 from tests.api.serving import ServeProcess, cli_store
 from tests.support import run_cli
 
-BATCH = 300
+BATCH = 1500  # long enough to encode that the signal lands mid-batch even on a quiet machine
+
+FILLER = " ".join(f"word{j}" for j in range(60))
 
 
 def _docs(tag: str) -> list[dict[str, Any]]:
     return [
-        {"id": f"{tag}-{i}", "text": f"Document {i} of batch {tag}: notes on topic number {i * 7 % 101}.",
+        {"id": f"{tag}-{i}", "text": f"Document {i} of batch {tag}: notes on topic number {i * 7 % 101}. " + FILLER,
          "metadata": {"i": i}}
         for i in range(BATCH)
     ]
@@ -43,7 +45,7 @@ def test_signal_during_a_write_batch_leaves_the_store_consistent(tmp_path: Path,
 
     t = threading.Thread(target=write)
     t.start()
-    time.sleep(1.5)  # the request is in: 300 documents take several seconds to encode on a CPU
+    time.sleep(1.5)  # the request is in: 1,500 documents take many seconds to encode on a CPU
     assert t.is_alive(), "the write finished before the signal; make BATCH larger"
     rc = srv.stop(sig)
     t.join(timeout=300)
@@ -59,6 +61,6 @@ def test_signal_during_a_write_batch_leaves_the_store_consistent(tmp_path: Path,
     info = json.loads(run_cli("info", "--store", str(store), "--json", check=True).stdout)
     assert info["collections"][0]["count"] == 40 + BATCH
     # and everything acknowledged is searchable after a restart
-    found = run_cli("search", "Document 17 of batch b: notes on topic number 18.", "--store", str(store),
+    found = run_cli("search", "Document 17 of batch b: notes on topic number 18. " + FILLER, "--store", str(store),
                     "-k", "1", "--json", check=True)
     assert json.loads(found.stdout.splitlines()[0])["id"] == "b-17"
