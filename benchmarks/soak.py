@@ -233,6 +233,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 def start_cluster(tmp: Path) -> tuple[str, Path]:
     pgdir = tmp / "pg"
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cluster runs as the postgres user
     out = subprocess.run(["bash", str(REPO / "scripts" / "pg.sh"), "start", str(pgdir)], check=True,
                          capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
     url = out.strip().split("=", 1)[1]
