@@ -43,6 +43,7 @@ from ..errors import (
     CollectionExistsError,
     CollectionNotFoundError,
     ConfigError,
+    DimensionMismatchError,
     InvalidInputError,
     InvalidNameError,
     StorageError,
@@ -917,8 +918,6 @@ class CollectionStorage:
             by_id[doc.doc_id] = doc
         for doc in by_id.values():
             if doc.embedding is not None and np.asarray(doc.embedding).shape != (self.dimension,):
-                from ..errors import DimensionMismatchError
-
                 raise DimensionMismatchError(
                     f"document {doc.doc_id!r}: embedding has shape {np.asarray(doc.embedding).shape}, "
                     f"collection {self.record.name!r} expects ({self.dimension},)"

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError, DimensionMismatchError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ def as_vectors(vectors: Any, dimension: int) -> np.ndarray:
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2 or arr.shape[1] != dimension:
-        from ..errors import DimensionMismatchError
-
         raise DimensionMismatchError(
             f"expected vectors of dimension {dimension}, got shape {tuple(arr.shape)}"
         )

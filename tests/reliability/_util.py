@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tests.api.serving import ServeProcess
 from tests.support import REPO
 
 DIM = 16
@@ -105,46 +107,11 @@ def db_args(db: str | None) -> list[str]:
     return ["--db", db] if db else []
 
 
-class Server:
-    """`semindex serve` as a subprocess on a free loopback port, its output in a log file."""
+class Server(ServeProcess):
+    """The API tests' `semindex serve` subprocess, quiet, on a --db database when given."""
 
     def __init__(self, store: Path, db: str | None, *args: str) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = store.parent / f"serve-{self.port}.log"
-        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115
-        env = {k: v for k, v in child_env().items() if not k.startswith("SEMINDEX_") or k == "SEMINDEX_TEST_PG_URL"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "semindex", "serve", "--store", str(store), *db_args(db),
-             "--port", str(self.port), "--no-access-log", "--log-level", "warning", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-        )
-
-    def wait(self, timeout: float = 240) -> Server:
-        import time
-
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server did not become healthy in {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+        super().__init__(store, *db_args(db), "--no-access-log", "--log-level", "warning", *args)
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -153,22 +120,4 @@ class Server:
         return 0
 
     def kill(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
-
-    def stop(self, timeout: float = 120) -> int:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
+        self.stop(signal.SIGKILL)
