@@ -28,7 +28,7 @@ from .errors import (
     SemindexError,
     StorageError,
 )
-from .indexer.encoder import DEFAULT_MODEL
+from .indexer.encoder import DEFAULT_MODEL, Encoder, register_encoder, unregister_encoder
 from .indexer.pipeline import IngestStats
 from .search.searcher import Hit
 from .storage.store import CheckReport
@@ -48,6 +48,7 @@ __all__ = [
     "DimensionMismatchError",
     "Document",
     "DocumentNotFoundError",
+    "Encoder",
     "FilterError",
     "Hit",
     "IngestStats",
@@ -60,4 +61,6 @@ __all__ = [
     "StorageError",
     "Store",
     "__version__",
+    "register_encoder",
+    "unregister_encoder",
 ]

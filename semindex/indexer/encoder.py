@@ -13,6 +13,18 @@ Why this module exists rather than calling SentenceTransformer directly:
 A plain Hugging Face BERT checkpoint (no sentence-transformers config) is
 loaded by sentence-transformers with mean pooling, which is what such
 checkpoints need.
+
+Other encoders plug in through :func:`register_encoder`: a model name equal to
+a registered prefix, or starting with ``prefix:``, is built by that factory
+instead of sentence-transformers. One is built in: ``hash`` / ``hash:DIM``
+(:mod:`semindex.indexer.fake`), a deterministic, torch-free hashing encoder for
+tests and demos; it has no notion of meaning beyond shared words. The name a
+collection records is the encoder's own (``hash:384``), so a collection built
+with it can never be mistaken for a real model's.
+
+``$SEMINDEX_MODEL``, when set, is the model new collections use when none is
+given (the default otherwise: all-MiniLM-L6-v2). The test suite's fast lane
+sets it to ``hash:384``.
 """
 
 from __future__ import annotations
@@ -20,9 +32,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,15 +49,96 @@ _DEFAULT_ALIASES = {
     "sentence-transformers/all-minilm-l6-v2",
 }
 
+MODEL_ENV = "SEMINDEX_MODEL"
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the pipeline, search and core need from an encoder (the real one and any registered one).
+
+    ``name`` is what a collection records; ``encode`` returns float32 ``(len(texts), dimension)``,
+    L2-normalised rows when ``normalize``; it must be safe to call from several threads.
+    """
+
+    name: str
+    dimension: int
+
+    @property
+    def max_seq_length(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray: ...
+
+
+EncoderFactory = Callable[[str, "str | None"], Encoder]
+"""factory(canonical_model_name, device) -> Encoder."""
+
+
+class _Registration:
+    def __init__(self, factory: EncoderFactory, canonical: Callable[[str], str] | None) -> None:
+        self.factory = factory
+        self.canonical = canonical
+
+
+_registry: dict[str, _Registration] = {}
 _cache: dict[tuple[str, str], Encoder] = {}
 _cache_lock = threading.Lock()
 
 
+def register_encoder(
+    prefix: str,
+    factory: EncoderFactory,
+    *,
+    canonical: Callable[[str], str] | None = None,
+    replace: bool = False,
+) -> None:
+    """Route model names ``prefix`` and ``prefix:...`` to ``factory(name, device)``.
+
+    This is the supported way to use an encoder other than sentence-transformers (an API
+    client, a test double). ``canonical`` maps a matching name to the one a collection
+    records (default: the name as given, stripped). Registering an existing prefix again
+    needs ``replace=True``; encoders already built for it are dropped from the cache.
+    """
+    prefix = prefix.strip()
+    if not prefix or ":" in prefix or "/" in prefix:
+        raise ConfigError(f"invalid encoder prefix {prefix!r}: a non-empty name without ':' or '/'")
+    with _cache_lock:
+        if prefix in _registry and not replace:
+            raise ConfigError(f"an encoder is already registered for {prefix!r} (pass replace=True)")
+        _registry[prefix] = _Registration(factory, canonical)
+        for key in [k for k in _cache if _match(k[0]) == prefix]:
+            del _cache[key]
+
+
+def unregister_encoder(prefix: str) -> None:
+    """Forget a registered prefix (and the encoders built for it); unknown prefixes are ignored."""
+    with _cache_lock:
+        _registry.pop(prefix, None)
+        for key in [k for k in _cache if k[0] == prefix or k[0].startswith(prefix + ":")]:
+            del _cache[key]
+
+
+def _match(model: str) -> str | None:
+    """The registered prefix ``model`` belongs to, if any."""
+    head = model.split(":", 1)[0]
+    return head if head in _registry else None
+
+
+def default_model() -> str:
+    """The model new collections use when none is given: ``$SEMINDEX_MODEL`` or all-MiniLM-L6-v2."""
+    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+
+
 def canonical_model_name(model: str | None) -> str:
     """The name a collection records: the default's aliases fold to one name, paths become absolute."""
-    if model is None or model.strip().lower() in _DEFAULT_ALIASES:
+    if model is None or not model.strip():
+        model = default_model()
+    if model.strip().lower() in _DEFAULT_ALIASES:
         return DEFAULT_MODEL
     model = model.strip()
+    prefix = _match(model)
+    if prefix is not None:
+        reg = _registry[prefix]
+        return reg.canonical(model) if reg.canonical is not None else model
     try:
         p = Path(model).expanduser()
         if p.exists():
@@ -88,8 +181,8 @@ def choose_device(device: str | None = None) -> str:
     return "cpu"
 
 
-class Encoder:
-    """A loaded model. Thread-safe for concurrent ``encode`` calls (one at a time on the model)."""
+class SentenceTransformerEncoder:
+    """A loaded sentence-transformers model. Thread-safe for concurrent ``encode`` calls (one at a time)."""
 
     def __init__(self, model: str | None = None, device: str | None = None) -> None:
         self.name = canonical_model_name(model)
@@ -138,10 +231,30 @@ class Encoder:
 
 def get_encoder(model: str | None = None, device: str | None = None) -> Encoder:
     """The process-wide encoder for (model, device), loaded on first use."""
-    key = (canonical_model_name(model), device or os.environ.get("SEMINDEX_DEVICE") or "auto")
+    name = canonical_model_name(model)
+    key = (name, device or os.environ.get("SEMINDEX_DEVICE") or "auto")
     with _cache_lock:
         enc = _cache.get(key)
         if enc is None:
-            enc = Encoder(model, device)
+            prefix = _match(name)
+            if prefix is not None:
+                enc = _registry[prefix].factory(name, device)
+            else:
+                enc = SentenceTransformerEncoder(name, device)
             _cache[key] = enc
         return enc
+
+
+def _hash_encoder(name: str, device: str | None) -> Encoder:
+    from .fake import HashEncoder
+
+    return HashEncoder(name)
+
+
+def _hash_canonical(name: str) -> str:
+    from .fake import canonical_hash_name
+
+    return canonical_hash_name(name)
+
+
+register_encoder("hash", _hash_encoder, canonical=_hash_canonical)

@@ -1,0 +1,91 @@
+"""A deterministic, torch-free hashing encoder: model id ``hash`` or ``hash:DIM``.
+
+Why it exists: most of semindex (storage, search plumbing, the CLI and the API)
+does not care *what* the vectors mean, only that they are vectors of a fixed
+dimension, the same for the same text. Loading a transformer to test those parts
+costs seconds per process; this encoder costs nothing and never touches torch.
+
+How it encodes: each lower-cased word (``\\w+``) seeds a Gaussian vector from a
+hash of the word; a text is the sum of its words' vectors, L2-normalised. Texts
+that share words therefore point in similar directions, so ranking tests still
+mean something (a bag-of-words model, nothing more). A text without words gets
+the vector of its whole string. Same text, same vector, on every machine and run.
+
+It is honest about what it is: the collection records ``hash:DIM``, never the
+name of a real model, so its vectors are never mixed with a real model's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import ConfigError
+
+PREFIX = "hash"
+DEFAULT_DIMENSION = 384
+MAX_DIMENSION = 4096
+_WORD = re.compile(r"\w+")
+
+
+def canonical_hash_name(name: str) -> str:
+    """``hash`` -> ``hash:384``; ``hash:DIM`` checked. The name a collection records."""
+    return f"{PREFIX}:{parse_dimension(name)}"
+
+
+def parse_dimension(name: str) -> int:
+    head, _, dim = name.strip().partition(":")
+    if head != PREFIX:
+        raise ConfigError(f"not a hash model id: {name!r} (use hash or hash:DIM)")
+    if not dim:
+        return DEFAULT_DIMENSION
+    if not dim.isdigit() or not 1 <= int(dim) <= MAX_DIMENSION:
+        raise ConfigError(f"invalid hash model id {name!r}: DIM must be an integer in 1..{MAX_DIMENSION}")
+    return int(dim)
+
+
+@lru_cache(maxsize=65536)
+def _token_vector(token: str, dimension: int) -> np.ndarray:
+    """The fixed random direction of one token (blake2b seed, so stable across processes)."""
+    seed = int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
+    vec = np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
+    vec.setflags(write=False)
+    return vec
+
+
+class HashEncoder:
+    """Implements :class:`semindex.indexer.encoder.Encoder` with hashed bags of words."""
+
+    def __init__(self, model: str = PREFIX) -> None:
+        self.dimension = parse_dimension(model)
+        self.name = f"{PREFIX}:{self.dimension}"
+        self.device = "cpu"
+        self._lock = threading.Lock()  # lru_cache is thread-safe; kept for parity with the real encoder
+
+    @property
+    def max_seq_length(self) -> int:
+        """No tokenizer and no truncation: every word counts."""
+        return 1 << 30
+
+    def embed_one(self, text: str) -> np.ndarray:
+        """The unnormalised sum of the text's word vectors (the whole string's when it has no words)."""
+        tokens = _WORD.findall(text.lower()) or [text]
+        out = np.zeros(self.dimension, dtype=np.float32)
+        for tok in tokens:
+            out += _token_vector(tok, self.dimension)
+        return out
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        """Float32 (n, dim); ``batch_size`` is accepted for interface parity and ignored."""
+        vecs = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for i, text in enumerate(texts):
+            vecs[i] = self.embed_one(text)
+        if normalize and len(texts):
+            norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+            np.divide(vecs, norms, out=vecs, where=norms > 0)
+        return vecs
