@@ -35,6 +35,18 @@ def _summary(stats: Any) -> str:
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="On a bad record: stop (after committing what came before), or skip and count it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--devices", default=None,
+              help="Encode on several devices of this machine, one worker each: cpu,cpu | cuda:0,cuda:1 | all.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: a Ray cluster (pip install 'semindex[ray]'; see the README).")
+@click.option("--ray-address", default=None,
+              help="Ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start one here.")
+@click.option("--actors", default=None, type=click.IntRange(1, 100_000),
+              help="Ray: encoder actors (default: one per GPU, else one per CPU minus one for reads).")
+@click.option("--gpus-per-actor", default=None, type=click.FloatRange(0, 64),
+              help="Ray: GPUs per encoder actor (default: 1 when the cluster has GPUs, else 0).")
+@click.option("--resume", is_flag=True,
+              help="Ray: continue the interrupted run of this same command (fails if there is none).")
 def index_command(
     sources: tuple[Path, ...],
     store_path: Path,
@@ -50,6 +62,12 @@ def index_command(
     metadata_fields: tuple[str, ...],
     on_error: str,
     as_json: bool,
+    devices: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+    resume: bool = False,
 ) -> None:
     """Index SOURCE files into a collection (upsert; unchanged documents are skipped).
 
@@ -82,14 +100,26 @@ def index_command(
         progress_cm, advance = _progress(total)
         with progress_cm:
             try:
-                coll.add_records(
-                    records,
-                    batch_size=batch_size,
-                    commit_every=commit_every,
-                    on_error=on_error,
-                    progress=advance,
-                    stats=stats,
-                )
+                if engine == "ray" or resume or any(v is not None for v in (devices, ray_address, actors, gpus_per_actor)):
+                    from ..indexer.scale_cli import scaled_index  # --engine ray / --devices (issue 12)
+
+                    scaled_index(
+                        coll, list(sources), records, engine=engine, devices=devices, ray_address=ray_address,
+                        actors=actors, gpus_per_actor=gpus_per_actor, resume=resume,
+                        reader={"id_field": id_field, "text_fields": text_fields, "title_field": title_field,
+                                "metadata_fields": metadata_fields},
+                        batch_size=batch_size, commit_every=commit_every, on_error=on_error,
+                        progress=advance, stats=stats,
+                    )
+                else:
+                    coll.add_records(
+                        records,
+                        batch_size=batch_size,
+                        commit_every=commit_every,
+                        on_error=on_error,
+                        progress=advance,
+                        stats=stats,
+                    )
             except (SemindexError, KeyboardInterrupt):
                 click.echo(_summary(stats), err=True)
                 raise

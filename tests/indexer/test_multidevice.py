@@ -1,0 +1,77 @@
+"""`semindex index --devices`: one encoder worker per device, one writer, results as on one device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from tests.support import SAMPLE, run_cli
+
+
+def _rows(store: Path) -> dict[str, tuple[str, str, object, np.ndarray]]:
+    """doc_id -> (content_hash, text, metadata, embedding) straight from SQL."""
+    eng = sa.create_engine(f"sqlite:///{store / 'semindex.db'}")
+    with eng.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT doc_id, content_hash, text, metadata, embedding FROM documents ORDER BY vid")
+        ).all()
+    eng.dispose()
+    return {r[0]: (r[1], r[2], r[3], np.frombuffer(r[4], dtype=np.float32)) for r in rows}
+
+
+def _same(a: dict[str, tuple[str, str, object, np.ndarray]], b: dict[str, tuple[str, str, object, np.ndarray]]) -> None:
+    assert list(a) == list(b)  # same ids, committed in the same order
+    for doc_id in a:
+        assert a[doc_id][:3] == b[doc_id][:3]
+        np.testing.assert_allclose(a[doc_id][3], b[doc_id][3], atol=1e-5)
+
+
+def _corpus(path: Path, n: int) -> Path:
+    import json
+
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"d{i}", "text": f"document {i} about topic {i % 7} and {i % 11}",
+                                 "k": i % 3}) + "\n")
+    return path
+
+
+def test_devices_cpu_cpu_matches_single_device_real_model(tmp_path: Path) -> None:
+    one = run_cli("index", str(SAMPLE), "--store", str(tmp_path / "one"), check=True)
+    two = run_cli("index", str(SAMPLE), "--store", str(tmp_path / "two"), "--devices", "cpu,cpu", check=True)
+    assert one.stdout.split(" in ")[0] == two.stdout.split(" in ")[0]  # same added/updated/... counts
+    _same(_rows(tmp_path / "one"), _rows(tmp_path / "two"))
+    check = run_cli("check", "--store", str(tmp_path / "two"))
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_devices_with_fast_encoder_and_rerun_is_unchanged(tmp_path: Path) -> None:
+    src = _corpus(tmp_path / "c.jsonl", 1500)
+    one = run_cli("index", str(src), "--store", str(tmp_path / "one"), "--model", "hash", "--commit-every", "200",
+                  check=True)
+    two = run_cli("index", str(src), "--store", str(tmp_path / "two"), "--model", "hash", "--commit-every", "200",
+                  "--devices", "cpu,cpu", "--json", check=True)
+    assert '"added": 1500' in two.stdout and "added 1500" in one.stdout
+    _same(_rows(tmp_path / "one"), _rows(tmp_path / "two"))
+    again = run_cli("index", str(src), "--store", str(tmp_path / "two"), "--model", "hash",
+                    "--devices", "cpu,cpu", "--json", check=True)
+    assert '"unchanged": 1500' in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--devices", "tpu:3"], "unknown device"),
+        (["--devices", "cuda:0,cuda:1"], "CUDA is not available"),
+        (["--devices", "all,cpu"], "cannot be combined"),
+        (["--actors", "2"], "--actors needs --engine ray"),
+    ],
+)
+def test_bad_devices_are_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
+    proc = run_cli("index", str(SAMPLE), "--store", str(tmp_path / "s"), "--model", "hash", *flags)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
