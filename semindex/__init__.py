@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from .core import Collection, CollectionInfo, Document, Store
+from .core import Collection, CollectionInfo, Document, Store, embed
 from .errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -61,6 +61,7 @@ __all__ = [
     "StorageError",
     "Store",
     "__version__",
+    "embed",
     "register_encoder",
     "unregister_encoder",
 ]

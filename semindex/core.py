@@ -9,7 +9,8 @@ tested — from Python first.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,14 @@ class Collection:
             )
         return get_encoder(self.model, self.store.device)
 
+    def embed(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """The vectors this collection would store for ``texts`` (its model, its normalisation).
+
+        For RAG code that embeds with the same model elsewhere (a query, a reranking step)
+        without a second copy of the model in memory: it uses the shared model cache.
+        """
+        return _embed_with(self.encoder, texts, batch_size=batch_size, normalize=self.record.normalize)
+
     def __len__(self) -> int:
         return self.count()
 
@@ -435,3 +444,151 @@ class Collection:
 
 def _doc(d: StoredDoc) -> Document:
     return Document(id=d.id, text=d.text, metadata=d.metadata, title=d.title)
+
+# -- embeddings without a store: semindex.embed and what the OpenAI-compatible endpoint needs --------
+
+
+def embed(
+    texts: str | Sequence[str],
+    model: str | None = None,
+    device: str | None = None,
+    *,
+    batch_size: int = 32,
+    normalize: bool = True,
+) -> np.ndarray:
+    """Embed ``texts`` with ``model`` (default: all-MiniLM-L6-v2) as float32 ``(n, dim)``.
+
+    A single string gives one ``(dim,)`` vector. The model is loaded once per process
+    and shared with every Store and Collection (and the server), so calling this in a
+    loop costs no reloading. Rows are L2-normalised unless ``normalize=False``.
+    """
+    return _embed_with(get_encoder(model, device), texts, batch_size=batch_size, normalize=normalize)
+
+
+def _embed_with(enc: Encoder, texts: str | Sequence[str], *, batch_size: int, normalize: bool) -> np.ndarray:
+    single = isinstance(texts, str)
+    items = [texts] if isinstance(texts, str) else list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise InvalidInputError(f"text #{i} must be a string, got {type(t).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    vecs = enc.encode(items, batch_size=batch_size, normalize=normalize)
+    return vecs[0] if single else vecs
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a server needs to describe a model: its recorded name, vector size and window."""
+
+    name: str
+    dimension: int
+    max_seq_length: int
+    has_tokenizer: bool
+
+
+def model_info(model: str | None = None, device: str | None = None) -> ModelInfo:
+    """Load (or find in the cache) ``model`` and describe it. Raises ConfigError when it cannot load."""
+    enc = get_encoder(model, device)
+    return ModelInfo(enc.name, enc.dimension, int(enc.max_seq_length), _tokenizer(enc) is not None)
+
+
+def _tokenizer(enc: Encoder) -> Any:
+    """The Hugging Face tokenizer behind a sentence-transformers encoder; None for other encoders."""
+    return getattr(getattr(enc, "model", None), "tokenizer", None)
+
+
+def count_tokens(texts: Sequence[str], model: str | None = None, device: str | None = None) -> list[int]:
+    """Tokens the model reads per text: its tokenizer's ids, special tokens included, cut at its window.
+
+    Encoders without a tokenizer (the ``hash`` test encoder) count words and punctuation marks.
+    """
+    enc = get_encoder(model, device)
+    tok = _tokenizer(enc)
+    if tok is None:
+        return [len(_WORDISH.findall(t)) for t in texts]
+    if not texts:
+        return []
+    ids = tok(list(texts), add_special_tokens=True, truncation=True, max_length=int(enc.max_seq_length))["input_ids"]
+    return [len(x) for x in ids]
+
+
+def decode_tokens(
+    token_ids: Sequence[Sequence[int]], model: str | None = None, device: str | None = None
+) -> list[str]:
+    """Token-id inputs back to text with the model's own tokenizer (ids of another tokenizer are refused)."""
+    enc = get_encoder(model, device)
+    tok = _tokenizer(enc)
+    if tok is None:
+        raise InvalidInputError(f"model {enc.name!r} has no tokenizer: send text, not token ids")
+    vocab = len(tok)
+    out = []
+    for i, ids in enumerate(token_ids):
+        bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidInputError(
+                f"input #{i}: token id {bad!r} is not in the vocabulary of {enc.name!r} (0..{vocab - 1}); "
+                "token ids must come from this model's tokenizer, not another model's (e.g. tiktoken)"
+            )
+        out.append(str(tok.decode(list(ids), skip_special_tokens=True)))
+    return out
+
+
+
+def embed_records(
+    records: Iterable[Any],
+    model: str | None = None,
+    device: str | None = None,
+    *,
+    batch_size: int = 32,
+    read_batch: int = 1024,
+    on_error: OnError = "fail",
+    progress: Callable[[int], None] | None = None,
+    skipped: list[str] | None = None,
+) -> Iterable[tuple[list[str], np.ndarray]]:
+    """Reader output (Records and ReadErrors, as ``iter_records`` yields) -> ``(ids, vectors)`` batches.
+
+    What ``semindex embed`` streams to a file: the same ids (given, else derived from the
+    content) and the same embedding input (title then text) as ``index`` would store, read
+    ``read_batch`` records at a time so memory stays flat whatever the corpus size.
+    A bad record raises (``on_error="fail"``) or is skipped and described in ``skipped``.
+    """
+    from .errors import ReadError
+    from .indexer.pipeline import derive_id, embedding_input
+
+    enc = get_encoder(model, device)
+    ids: list[str] = []
+    texts: list[str] = []
+    seen = 0
+
+    def flush() -> tuple[list[str], np.ndarray]:
+        out = (list(ids), enc.encode(texts, batch_size=batch_size, normalize=True))
+        ids.clear()
+        texts.clear()
+        return out
+
+    for item in records:
+        err = item if isinstance(item, ReadError) else None
+        if err is None and not ((item.text and item.text.strip()) or (item.title and item.title.strip())):
+            err = ReadError("record has no text", source=item.source, line=item.line)
+        seen += 1
+        if err is not None:
+            if on_error == "fail":
+                raise err
+            if skipped is not None:
+                skipped.append(str(err))
+        else:
+            ids.append(item.id if item.id is not None else derive_id(item.text, item.title))
+            texts.append(embedding_input(item.text, item.title))
+        if seen >= read_batch:
+            if ids:
+                yield flush()
+            if progress is not None:
+                progress(seen)
+            seen = 0
+    if ids:
+        yield flush()
+    if progress is not None and seen:
+        progress(seen)
+
+_WORDISH = re.compile(r"\w+|[^\w\s]")
