@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..errors import SemindexError, StorageError
 from ..indexer.encoder import get_encoder
 from .metrics import Metrics
 from .middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from .openai_compat import router as openai_router
 from .routes import health_router, router
 from .schemas import ErrorBody
 
@@ -144,6 +145,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     close_store: bool = False,
     warm_up: bool = True,
+    embed_models: Sequence[str] | None = None,
 ) -> FastAPI:
     """The semindex HTTP API over ``store``.
 
@@ -151,6 +153,8 @@ def create_app(
     ``max_body_bytes``: larger request bodies get 413.
     ``close_store``: close (and checkpoint) the store at shutdown, after the requests
     in flight have finished; ``semindex serve`` sets it.
+    ``embed_models``: the models /v1/embeddings serves (default: the default model plus
+    every collection's model, looked up per request).
     """
     api_key = api_key or None
 
@@ -179,6 +183,7 @@ def create_app(
     app.state.metrics = metrics = Metrics()
     app.state.gate = WorkGate()
     app.state.api_key = api_key
+    app.state.embed_models = tuple(embed_models) if embed_models is not None else None
 
     responses = dict(_ERROR_RESPONSES)
     deps = []
@@ -189,6 +194,7 @@ def create_app(
         deps.append(Security(HTTPBearer(auto_error=False, description="The server's API key")))
     app.include_router(health_router)
     app.include_router(router, responses=responses, dependencies=deps)
+    app.include_router(openai_router, responses=responses, dependencies=deps)  # /v1: OpenAI-compatible embeddings
     _install_error_handlers(app)
 
     # Added innermost first: metrics sees everything, auth runs before the body is read.

@@ -54,6 +54,9 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log one line per request.")
+@click.option("--embed-model", "embed_models", multiple=True, metavar="MODEL",
+              help="A model POST /v1/embeddings serves (repeat for more; loaded at start-up). "
+                   "Default: the default model plus every collection's model.")
 def serve_command(
     store_path: Path,
     db_url: str | None,
@@ -66,6 +69,7 @@ def serve_command(
     torch_threads: int | None,
     log_level: str,
     access_log: bool,
+    embed_models: tuple[str, ...],
 ) -> None:
     """Serve the store over HTTP (JSON; docs at /docs, schema at /openapi.json).
 
@@ -93,7 +97,13 @@ def serve_command(
         torch.set_num_threads(torch_threads)
     store = open_store(store_path, db_url, must_exist=False, device=device)
     try:
-        app = create_app(store, api_key=api_key, max_body_bytes=max_body_bytes, close_store=True)
+        served = None
+        if embed_models:
+            from ..core import model_info
+
+            served = [model_info(m, device).name for m in embed_models]  # fail fast on a model that cannot load
+        app = create_app(store, api_key=api_key, max_body_bytes=max_body_bytes, close_store=True,
+                         embed_models=served)
         config = uvicorn.Config(
             app,
             host=host,
