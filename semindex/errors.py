@@ -9,6 +9,7 @@ SemindexError is a bug and is allowed to surface as one.
     SemindexError
     ├── InvalidInputError          bad values from the caller (422)
     │   ├── FilterError            a filter that does not parse or type-check
+    │   │   └── InvalidFilterFieldError  a filter key that is not a metadata path (also an InvalidNameError)
     │   ├── InvalidNameError       collection names, metadata keys
     │   ├── DimensionMismatchError vectors of the wrong size
     │   └── ReadError              a source file or record that cannot be read (file:line)
@@ -20,7 +21,8 @@ SemindexError is a bug and is allowed to surface as one.
     │   └── ModelMismatchError     a collection opened with another model than it was built with
     ├── ConfigError                options that cannot work together, missing extras
     └── StorageError               the store itself (disk full, unreadable index, drift) (500/503)
-        └── ConsistencyError       SQL and the vector index disagree
+        ├── ConsistencyError       SQL and the vector index disagree
+        └── ShuttingDownError      the server is draining before it stops (503)
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ class FilterError(InvalidInputError):
 
 class InvalidNameError(InvalidInputError):
     code = "invalid_name"
+
+
+class InvalidFilterFieldError(FilterError, InvalidNameError):
+    """A filter field key that is not a valid metadata path.
+
+    It is both kinds of error: the filter is invalid (``code`` stays
+    ``invalid_filter``) and the offending thing is a name, so handlers that
+    catch either base class see it.
+    """
+
+    code = FilterError.code
 
 
 class DimensionMismatchError(InvalidInputError):
@@ -126,6 +139,13 @@ class ConsistencyError(StorageError):
     exit_code = 6
 
 
+class ShuttingDownError(StorageError):
+    """Work refused because the server has begun a graceful shutdown; retry on another server."""
+
+    code = "shutting_down"
+    http_status = 503
+
+
 __all__ = [
     "CollectionExistsError",
     "CollectionNotFoundError",
@@ -135,11 +155,13 @@ __all__ = [
     "DimensionMismatchError",
     "DocumentNotFoundError",
     "FilterError",
+    "InvalidFilterFieldError",
     "InvalidInputError",
     "InvalidNameError",
     "ModelMismatchError",
     "NotFoundError",
     "ReadError",
     "SemindexError",
+    "ShuttingDownError",
     "StorageError",
 ]

@@ -5,22 +5,33 @@ are *yielded* as :class:`~semindex.errors.ReadError` instances so the ingestion
 pipeline can fail or skip, while problems that make the whole file unusable
 (missing, unknown format, empty, corrupt container) are *raised*. Nothing but a
 ReadError ever escapes, whatever bytes a file holds.
+
+BEIR folders (corpus, queries, qrels) are read by :mod:`semindex.indexer.beir`; the
+line and JSON plumbing every reader shares is in :mod:`semindex.indexer.source_io`.
+``read_queries`` and ``read_qrels`` stay importable from here for existing callers.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
-import json
 import os
-import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semindex.errors import ReadError
+from ..errors import ReadError
+from .beir import BEIR_CORPUS, beir_corpus_path, read_beir_corpus, read_qrels, read_queries
+from .source_io import (
+    Fields,
+    PathArg,
+    Record,
+    as_str,
+    coerce_id,
+    count_lines,
+    json_objects,
+    open_binary,
+)
 
 __all__ = [
     "Record",
@@ -31,36 +42,10 @@ __all__ = [
     "read_queries",
 ]
 
-PathArg = str | os.PathLike
-
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 _TEXT_SUFFIXES = (".txt", ".md")
-_BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz")
 _PARQUET_BATCH = 1024
-_CHUNK = 1 << 20
 _CSV_FIELD_LIMIT = 1 << 26  # the csv module's 128 KiB default rejects long documents
-
-
-@dataclass(slots=True)
-class Record:
-    """One document as read from a source, before ids are derived or text is embedded."""
-
-    id: str | None  # None -> the pipeline derives an id from the content
-    text: str  # never empty
-    title: str | None
-    metadata: dict[str, Any]
-    source: str  # the file path as given
-    line: int  # 1-based line (jsonl), row start line (csv), row index + 1 (parquet), 1 (text file)
-
-
-@dataclass(frozen=True, slots=True)
-class _Fields:
-    """How top-level fields map onto a Record; shared by jsonl, csv and parquet."""
-
-    id_field: str | None
-    text_fields: tuple[str, ...]
-    title_field: str | None
-    metadata_fields: tuple[str, ...]
 
 
 # --------------------------------------------------------------------------- formats
@@ -76,7 +61,7 @@ def detect_format(path: PathArg) -> str:
     source = source if isinstance(source, str) else os.fsdecode(source)
     p = Path(source)
     if p.is_dir():
-        return "beir" if any((p / name).is_file() for name in _BEIR_CORPUS) else "folder"
+        return "beir" if any((p / name).is_file() for name in BEIR_CORPUS) else "folder"
     if not p.exists():
         raise ReadError("no such file or directory", source=source)
     if not p.is_file():
@@ -111,13 +96,13 @@ def iter_records(
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    fields = _Fields(
+    fields = Fields(
         id_field=id_field,
         text_fields=tuple(text_fields) or ("text",),
         title_field=title_field,
         metadata_fields=tuple(metadata_fields),
     )
-    plan = [(_as_str(s), detect_format(s)) for s in sources]
+    plan = [(as_str(s), detect_format(s)) for s in sources]
     for source, fmt in plan:
         if fmt == "jsonl":
             yield from _read_jsonl(source, fields)
@@ -126,7 +111,7 @@ def iter_records(
         elif fmt == "parquet":
             yield from _read_parquet(source, fields)
         elif fmt == "beir":
-            yield from _read_beir(source, fields)
+            yield from read_beir_corpus(source, fields)
         else:
             yield from _read_folder(source)
 
@@ -142,12 +127,12 @@ def estimate_total(sources: Sequence[PathArg]) -> int | None:
     total = 0
     for src in sources:
         try:
-            source = _as_str(src)
+            source = as_str(src)
             fmt = detect_format(source)
             if fmt == "jsonl":
-                total += _count_lines(source)
+                total += count_lines(source)
             elif fmt == "beir":
-                total += _count_lines(_beir_corpus(source))
+                total += count_lines(beir_corpus_path(source))
             elif fmt == "csv":
                 total += _count_csv_rows(source)
             elif fmt == "parquet":
@@ -165,31 +150,8 @@ def estimate_total(sources: Sequence[PathArg]) -> int | None:
 # --------------------------------------------------------------------------- field mapping
 
 
-def _as_str(path: PathArg) -> str:
-    value = os.fspath(path)
-    return value if isinstance(value, str) else os.fsdecode(value)
 
-
-def _coerce_id(value: Any, field: str, source: str, line: int) -> str | ReadError:
-    """Ids must be non-empty strings; ints (and integral floats from parquet/pandas) are converted."""
-    if isinstance(value, bool):
-        pass
-    elif isinstance(value, int):
-        return str(value)
-    elif isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    elif isinstance(value, str):
-        if value.strip():
-            return value
-        return ReadError(f"empty id in field {field!r}", source=source, line=line)
-    return ReadError(
-        f"id field {field!r} must be a string or an integer, got {type(value).__name__}",
-        source=source,
-        line=line,
-    )
-
-
-def _to_record(obj: dict[str, Any], fields: _Fields, source: str, line: int) -> Record | ReadError:
+def _to_record(obj: dict[str, Any], fields: Fields, source: str, line: int) -> Record | ReadError:
     """Apply the field mapping to one decoded object (jsonl line, csv row, parquet row)."""
     # id
     id_key: str | None
@@ -203,7 +165,7 @@ def _to_record(obj: dict[str, Any], fields: _Fields, source: str, line: int) -> 
         id_key = "_id" if "_id" in obj else "id" if "id" in obj else None
     doc_id: str | None = None
     if id_key is not None and obj[id_key] is not None:
-        coerced = _coerce_id(obj[id_key], id_key, source, line)
+        coerced = coerce_id(obj[id_key], id_key, source, line)
         if isinstance(coerced, ReadError):
             return coerced
         doc_id = coerced
@@ -261,149 +223,14 @@ def _to_record(obj: dict[str, Any], fields: _Fields, source: str, line: int) -> 
     return Record(id=doc_id, text=text, title=title, metadata=merged, source=source, line=line)
 
 
-# --------------------------------------------------------------------------- jsonl
-
-
-def _open_binary(source: str) -> io.BufferedIOBase:
-    """Open plain or gzip files as bytes; an unopenable file is a file-level error."""
-    try:
-        if source.lower().endswith(".gz"):
-            return gzip.open(source, "rb")  # type: ignore[return-value]
-        return open(source, "rb")
-    except OSError as e:
-        raise ReadError(f"cannot open file: {e.strerror or e}", source=source) from e
-
-
-def _raw_lines(source: str) -> Iterator[tuple[int, bytes]]:
-    """Yield (line number, raw bytes) so decoding errors stay local to one line.
-
-    gzip problems (bad header, truncation, CRC) surface on read; they are raised as one
-    ReadError at the line where they happened, after the earlier lines were yielded.
-    """
-    with _open_binary(source) as f:
-        lineno = 0
-        while True:
-            try:
-                raw = f.readline()
-            except (OSError, EOFError, zlib.error) as e:
-                kind = "corrupt or truncated gzip" if source.lower().endswith(".gz") else "cannot read"
-                raise ReadError(f"{kind}: {e}", source=source, line=lineno + 1) from e
-            if not raw:
-                return
-            lineno += 1
-            yield lineno, raw
-
-
-def _json_lines(source: str) -> Iterator[tuple[int, Any] | ReadError]:
-    """Decode each non-blank line to a JSON value, yielding ReadError for lines that do not decode."""
-    for lineno, raw in _raw_lines(source):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield ReadError(f"invalid UTF-8 at byte {e.start}", source=source, line=lineno)
-            continue
-        if lineno == 1 and text.startswith("\ufeff"):
-            text = text[1:]
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield ReadError(f"invalid JSON: {e.msg} (column {e.colno})", source=source, line=lineno)
-            continue
-        except (ValueError, RecursionError) as e:
-            yield ReadError(f"invalid JSON: {e}", source=source, line=lineno)
-            continue
-        yield lineno, value
-
-
-def _json_objects(source: str) -> Iterator[tuple[int, dict[str, Any]] | ReadError]:
-    for item in _json_lines(source):
-        if isinstance(item, ReadError):
-            yield item
-            continue
-        lineno, value = item
-        if not isinstance(value, dict):
-            yield ReadError(f"expected a JSON object, got {_json_type(value)}", source=source, line=lineno)
-            continue
-        yield lineno, value
-
-
-def _json_type(value: Any) -> str:
-    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
-
-
-def _read_jsonl(source: str, fields: _Fields) -> Iterator[Record | ReadError]:
+def _read_jsonl(source: str, fields: Fields) -> Iterator[Record | ReadError]:
     produced = False
-    for item in _json_objects(source):
+    for item in json_objects(source):
         produced = True
         if isinstance(item, ReadError):
             yield item
         else:
             yield _to_record(item[1], fields, source, item[0])
-    if not produced:
-        raise ReadError("file is empty", source=source)
-
-
-# --------------------------------------------------------------------------- BEIR
-
-
-def _beir_corpus(folder: str) -> str:
-    for name in _BEIR_CORPUS:
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    raise ReadError("no corpus.jsonl or corpus.jsonl.gz in BEIR folder", source=folder)
-
-
-def _read_beir(folder: str, fields: _Fields) -> Iterator[Record | ReadError]:
-    """BEIR has a fixed schema (_id, title, text, metadata); only ``metadata_fields`` applies.
-
-    A document with empty text but a title (Cranfield has some) is kept with the title as
-    its text, because dropping it would break qrels that point at it.
-    """
-    source = _beir_corpus(folder)
-    produced = False
-    for item in _json_objects(source):
-        produced = True
-        if isinstance(item, ReadError):
-            yield item
-            continue
-        line, obj = item
-        if "_id" not in obj or obj["_id"] is None:
-            yield ReadError("missing id field '_id'", source=source, line=line)
-            continue
-        doc_id = _coerce_id(obj["_id"], "_id", source, line)
-        if isinstance(doc_id, ReadError):
-            yield doc_id
-            continue
-        text, title = obj.get("text"), obj.get("title")
-        if text is not None and not isinstance(text, str):
-            yield ReadError(
-                f"text field 'text' must be a string, got {type(text).__name__}", source=source, line=line
-            )
-            continue
-        if title is not None and not isinstance(title, str):
-            yield ReadError(
-                f"title field 'title' must be a string, got {type(title).__name__}", source=source, line=line
-            )
-            continue
-        text = (text or "").strip()
-        title = (title or "").strip() or None
-        if not text:
-            if title is None:
-                yield ReadError("empty text and title", source=source, line=line)
-                continue
-            text, title = title, None
-        metadata: dict[str, Any] = {}
-        nested = obj.get("metadata")
-        if isinstance(nested, dict):
-            metadata.update(nested)
-        for key, value in obj.items():
-            if key not in ("_id", "text", "title") and not (key == "metadata" and isinstance(value, dict)):
-                metadata[key] = value
-        if fields.metadata_fields:
-            metadata = {k: metadata[k] for k in fields.metadata_fields if k in metadata}
-        yield Record(id=doc_id, text=text, title=title, metadata=metadata, source=source, line=line)
     if not produced:
         raise ReadError("file is empty", source=source)
 
@@ -420,7 +247,7 @@ def _has_surrogates(value: str) -> bool:
     return False
 
 
-def _read_csv(source: str, fields: _Fields) -> Iterator[Record | ReadError]:
+def _read_csv(source: str, fields: Fields) -> Iterator[Record | ReadError]:
     """Read csv (or tsv) rows; a row that is bad (field count, UTF-8, mapping) is yielded as ReadError.
 
     Decoding uses surrogateescape so one row with bad bytes is reported on its own line
@@ -428,7 +255,7 @@ def _read_csv(source: str, fields: _Fields) -> Iterator[Record | ReadError]:
     """
     delimiter = "\t" if source.lower().endswith(".tsv") else ","
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-    with _open_binary(source) as fb:
+    with open_binary(source) as fb:
         text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.reader(text, delimiter=delimiter)
         try:
@@ -488,7 +315,7 @@ def _count_csv_rows(source: str) -> int:
 # --------------------------------------------------------------------------- parquet
 
 
-def _read_parquet(source: str, fields: _Fields) -> Iterator[Record | ReadError]:
+def _read_parquet(source: str, fields: Fields) -> Iterator[Record | ReadError]:
     """Stream a parquet file batch by batch; any pyarrow failure becomes a raised ReadError."""
     import pyarrow.parquet as pq
 
@@ -571,105 +398,3 @@ def _read_folder(folder: str) -> Iterator[Record | ReadError]:
         yield Record(id=rel, text=text, title=None, metadata={"path": rel}, source=path, line=1)
 
 
-# --------------------------------------------------------------------------- evaluation files
-
-
-def read_queries(path: PathArg) -> list[tuple[str, str]]:
-    """Read BEIR ``queries.jsonl`` (or a BEIR folder) as [(query id, text)] in file order.
-
-    Evaluation needs every query, so the first bad line raises instead of being skipped.
-    """
-    source = _as_str(path)
-    if os.path.isdir(source):
-        for name in ("queries.jsonl", "queries.jsonl.gz"):
-            if os.path.isfile(os.path.join(source, name)):
-                source = os.path.join(source, name)
-                break
-        else:
-            raise ReadError("no queries.jsonl in folder", source=source)
-    elif not os.path.exists(source):
-        raise ReadError("no such file or directory", source=source)
-    queries: list[tuple[str, str]] = []
-    for item in _json_objects(source):
-        if isinstance(item, ReadError):
-            raise item
-        line, obj = item
-        key = "_id" if "_id" in obj else "id"  # plain {"id", "text"} query files work too
-        if obj.get(key) is None:
-            raise ReadError("missing query id field '_id'", source=source, line=line)
-        qid = _coerce_id(obj[key], key, source, line)
-        if isinstance(qid, ReadError):
-            raise qid
-        text = obj.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ReadError("query has no text", source=source, line=line)
-        queries.append((qid, text.strip()))
-    if not queries:
-        raise ReadError("file is empty", source=source)
-    return queries
-
-
-def read_qrels(path: PathArg) -> dict[str, dict[str, int]]:
-    """Read BEIR qrels (``query-id\\tcorpus-id\\tscore``) as {query id: {doc id: grade}}.
-
-    The header is optional and TREC's 4-column ``qid 0 docid grade`` is accepted too, since
-    both appear in the wild. A BEIR folder means its ``qrels/test.tsv``.
-    """
-    source = _as_str(path)
-    if os.path.isdir(source):
-        candidate = os.path.join(source, "qrels", "test.tsv")
-        if not os.path.isfile(candidate):
-            raise ReadError("no qrels/test.tsv in folder", source=source)
-        source = candidate
-    elif not os.path.isfile(source):
-        raise ReadError("no such file or directory", source=source)
-    qrels: dict[str, dict[str, int]] = {}
-    for lineno, raw in _raw_lines(source):
-        try:
-            text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise ReadError(f"invalid UTF-8 at byte {e.start}", source=source, line=lineno) from e
-        text = text.rstrip("\r\n").strip()
-        if not text:
-            continue
-        parts = text.split("\t") if "\t" in text else text.split()
-        parts = [p.strip() for p in parts]
-        if lineno == 1 and parts and parts[0].lower() in ("query-id", "query_id", "qid", "query"):
-            continue
-        if len(parts) == 3:
-            qid, did, grade = parts
-        elif len(parts) == 4:
-            qid, _, did, grade = parts
-        else:
-            raise ReadError(
-                f"expected 3 columns (query-id, corpus-id, score), got {len(parts)}",
-                source=source,
-                line=lineno,
-            )
-        try:
-            score = int(grade)
-        except ValueError:
-            try:
-                as_float = float(grade)
-            except ValueError:
-                as_float = float("nan")
-            if not as_float.is_integer():
-                raise ReadError(f"score {grade!r} is not an integer", source=source, line=lineno) from None
-            score = int(as_float)
-        if not qid or not did:
-            raise ReadError("empty query or corpus id", source=source, line=lineno)
-        qrels.setdefault(qid, {})[did] = score
-    if not qrels:
-        raise ReadError("file is empty", source=source)
-    return qrels
-
-
-def _count_lines(source: str) -> int:
-    """Newline count (plus an unterminated last line): an upper bound that ignores blank lines."""
-    count = 0
-    last = b"\n"
-    with _open_binary(source) as f:
-        while chunk := f.read(_CHUNK):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")

@@ -3,21 +3,20 @@
 The metrics are computed by ir-measures (pytrec_eval underneath), never by hand.
 The run handed to it scores each hit by its rank (``len - rank``), so the
 metrics see exactly the order a user sees, whatever ties the raw scores hold.
+The BEIR files it scores against (queries, ``qrels/<split>.tsv``) are read by
+:mod:`semindex.indexer.beir` (``load_split``).
 """
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..indexer.beir import load_split, qrels_path  # noqa: F401  (moved; importable here until the CLI uses core)
 
-QUERY_BATCH = 256
+QUERY_BATCH = 256  # queries encoded and searched per call, here and in `semindex search --queries`
 
 
 @dataclass
@@ -43,29 +42,6 @@ class EvalResult:
         if self.rerank is not None:
             out["rerank"] = self.rerank
         return out
-
-
-def qrels_path(folder: str | os.PathLike[str], split: str) -> Path:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", split) or ".." in split:
-        raise InvalidInputError(f"invalid split name {split!r}")
-    p = Path(folder) / "qrels" / f"{split}.tsv"
-    if not p.is_file():
-        have = sorted(x.stem for x in (Path(folder) / "qrels").glob("*.tsv"))
-        raise InvalidInputError(
-            f"no qrels for split {split!r} in {folder} (have: {', '.join(have) or 'none'})"
-        )
-    return p
-
-
-def load_split(folder: str | os.PathLike[str], split: str) -> tuple[list[tuple[str, str]], dict[str, dict[str, int]]]:
-    """The split's queries (those with qrels, in file order) and its qrels."""
-    from ..indexer.readers import read_qrels, read_queries
-
-    qrels = read_qrels(qrels_path(folder, split))
-    queries = [(qid, text) for qid, text in read_queries(folder) if qid in qrels]
-    if not queries:
-        raise InvalidInputError(f"no query in {folder} has qrels in split {split!r}")
-    return queries, qrels
 
 
 def measure(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

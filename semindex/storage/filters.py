@@ -110,7 +110,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from semindex.errors import FilterError, InvalidNameError
+from semindex.errors import FilterError, InvalidFilterFieldError
 
 __all__ = [
     "COMPARISON_OPERATORS",
@@ -146,17 +146,6 @@ _RANGE_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "$lte": operator.le,
 }
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
-
-
-class InvalidFilterFieldError(FilterError, InvalidNameError):
-    """A filter field key that is not a valid metadata path.
-
-    It is both kinds of error: the filter is invalid (``code`` stays
-    ``invalid_filter``) and the offending thing is a name, so handlers that
-    catch either base class see it.
-    """
-
-    code = FilterError.code
 
 
 # --------------------------------------------------------------------------
