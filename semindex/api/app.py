@@ -30,6 +30,7 @@ from .middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from .openai_compat import router as openai_router
 from .routes import health_router, router
 from .schemas import ErrorBody
+from .ui import router as ui_router
 
 log = logging.getLogger("semindex.api")
 
@@ -195,6 +196,7 @@ def create_app(
     app.include_router(health_router)
     app.include_router(router, responses=responses, dependencies=deps)
     app.include_router(openai_router, responses=responses, dependencies=deps)  # /v1: OpenAI-compatible embeddings
+    app.include_router(ui_router)  # the search page at / (public static files; its data calls need the key)
     _install_error_handlers(app)
 
     # Added innermost first: metrics sees everything, auth runs before the body is read.

@@ -17,8 +17,10 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
+from .ui import PUBLIC_PATHS
 
-OPEN_PATHS = frozenset({"/health"})
+# /health, and the search page with its two static files (no data in them: its API calls send the key).
+OPEN_PATHS = frozenset({"/health"}) | PUBLIC_PATHS
 _CONVERTER = re.compile(r":[a-z]+}")
 
 
