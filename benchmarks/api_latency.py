@@ -22,7 +22,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from _serve import ServerDidNotStart, free_port, wait_healthy  # benchmarks/_serve.py (this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "scifact"
@@ -67,12 +68,6 @@ def load_test_queries(limit: int | None) -> list[str]:
 def pct(xs: list[float], p: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -140,18 +135,10 @@ def main() -> None:
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"semindex serve exited: {(Path(tmp.name) / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("semindex serve did not start")
-            time.sleep(0.2)
+        try:
+            wait_healthy(base, proc, 300, log=lambda: (Path(tmp.name) / "serve.log").read_text())
+        except ServerDidNotStart as exc:
+            raise SystemExit(f"semindex serve: {exc}") from None
 
         client = httpx.Client(base_url=base, timeout=60)
         url = "/collections/default/search"

@@ -25,13 +25,14 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _serve import ServerDidNotStart, free_port, wait_healthy  # benchmarks/_serve.py (this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 32
@@ -47,12 +48,6 @@ def vector(key: int) -> list[float]:
 # -- the server --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
     def __init__(self, store: Path, db: str, log_dir: Path) -> None:
         self.store, self.db, self.log_dir = store, db, log_dir
@@ -62,8 +57,6 @@ class Server:
         self.starts = 0
 
     def start(self, timeout: float = 300) -> None:
-        import httpx
-
         self.starts += 1
         log = open(self.log_dir / f"serve-{self.starts}.log", "wb")  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEMINDEX_")}
@@ -73,17 +66,10 @@ class Server:
              "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
             stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"soak: the server exited with {self.proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"soak: the server did not become healthy in {timeout} s")
+        try:
+            wait_healthy(self.base, self.proc, timeout)
+        except ServerDidNotStart as exc:
+            raise SystemExit(f"soak: {str(exc).rstrip(':')}; see {log.name}") from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,4 +1,12 @@
-"""Shared fixtures: hermetic env, the real default model, real stores, the CLI as a subprocess."""
+"""Shared fixtures: hermetic env, the encoder (fake in the fast lane, real when slow), real stores.
+
+Which encoder a test gets: tests marked ``@pytest.mark.slow`` run with the real default model
+(all-MiniLM-L6-v2), everything else with the deterministic hashing encoder ``hash:384``
+(semindex/indexer/fake.py), set as the default model through ``$SEMINDEX_MODEL`` so the library,
+the CLI (in process or as a subprocess) and the API all pick it up. Collections record the model
+they were built with, so a test that asserts the real model's name or ranking quality belongs in
+the slow lane; ``fast_model``/``real_model`` say which lane a test is in.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +26,67 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+FAKE_MODEL = "hash:384"
+
+# Heavy tests (process kills, chaos, property searches, every index type over many vectors, torch
+# cross-encoders): they run in the slow lane, named here by node-id prefix so their files stay as
+# their owners wrote them. `make test` runs them; `make test-fast` does not.
+SLOW_LANE = (
+    "tests/reliability/",
+    "tests/search/test_rerank.py",  # cross-encoders: torch
+    "tests/storage/test_filters.py::test_property_sql_equals_matches",
+    "tests/storage/test_ann.py::test_upsert_delete_filter_and_reopen_on_every_type",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SLOW_LANE):
+            item.add_marker(pytest.mark.slow)
+
+
+def uses_real_model(node: pytest.Item | pytest.FixtureRequest) -> bool:
+    """Slow tests are the real model's lane; the rest run on the fake encoder."""
+    item = node.node if isinstance(node, pytest.FixtureRequest) else node
+    return item.get_closest_marker("slow") is not None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_lane(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Module-scoped fixtures (a shared indexed store, a server) are built in the module's lane:
+    the fake encoder unless the whole module is marked slow."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("SEMINDEX_MODEL", raising=False)
+        if request.node.get_closest_marker("slow") is None:
+            mp.setenv("SEMINDEX_MODEL", FAKE_MODEL)
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's store, database or device settings."""
-    for var in ("SEMINDEX_STORE", "SEMINDEX_DB_URL", "SEMINDEX_DEVICE", "SEMINDEX_API_KEY"):
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """No test sees the developer's store, database, device or model settings; fast tests get the fake."""
+    for var in ("SEMINDEX_STORE", "SEMINDEX_DB_URL", "SEMINDEX_DEVICE", "SEMINDEX_API_KEY", "SEMINDEX_MODEL"):
         monkeypatch.delenv(var, raising=False)
+    if not uses_real_model(request):
+        monkeypatch.setenv("SEMINDEX_MODEL", FAKE_MODEL)
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(scope="session")
-def encoder() -> Any:
+@pytest.fixture
+def encoder(_hermetic_env: None) -> Any:
+    """The encoder this test's collections use by default (loaded once per process and cached)."""
     from semindex.indexer.encoder import get_encoder
 
     return get_encoder()
+
+
+@pytest.fixture
+def default_model(_hermetic_env: None) -> str:
+    """The model name a collection created without a model records in this test's lane."""
+    from semindex.indexer.encoder import canonical_model_name
+
+    return canonical_model_name(None)
 
 
 # -- backends: every test that takes `store` (or `db_url`) runs on SQLite and on PostgreSQL ------
@@ -95,28 +151,47 @@ def store(tmp_path: Path, db_url: str | None) -> Iterator[Any]:
     s.close()
 
 
+@pytest.fixture
+def sample(store: Any) -> Any:
+    """The store's "default" collection holding samples/sample.jsonl (40 documents), in this test's lane."""
+    coll = store.collection()
+    stats = coll.add(sample_docs())
+    assert stats.added == len(sample_docs())
+    return coll
 
 
+def _save_tiny_bert(folder: Path, *, cross_encoder: bool) -> Path:
+    """A random-weight BERT over the samples' vocabulary, with its tokenizer, saved with save_pretrained.
 
+    ``cross_encoder``: a BertForSequenceClassification with one label (what sentence-transformers'
+    CrossEncoder loads); otherwise a plain BertModel without a sentence-transformers config (loaded
+    with mean pooling).
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+        {w for doc in sample_docs() for w in (doc["title"] + " " + doc["text"]).lower()
+         .replace(".", " ").replace(",", " ").split()}
+    )
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    tok = BertTokenizer(str(folder / "vocab.txt"))
+    cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=256 if cross_encoder else 128,
+                     **({"num_labels": 1} if cross_encoder else {}))
+    torch.manual_seed(0)
+    (BertForSequenceClassification(cfg) if cross_encoder else BertModel(cfg)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight plain BERT checkpoint (no sentence-transformers config), saved locally."""
-    from transformers import BertConfig, BertModel, BertTokenizer
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), cross_encoder=False)
 
-    d = tmp_path_factory.mktemp("tiny-bert")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
-        {w for doc in sample_docs() for w in (doc["title"] + " " + doc["text"]).lower().replace(".", " ").replace(",", " ").split()}
-    )
-    (d / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    tok = BertTokenizer(str(d / "vocab.txt"))
-    cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
-    import torch
 
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight BertForSequenceClassification (num_labels=1) with its tokenizer, saved locally."""
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-ce"), cross_encoder=True)

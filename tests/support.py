@@ -35,9 +35,35 @@ def sample_docs() -> list[dict[str, Any]]:
     return [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def invoke_cli(*args: str, check: bool = False, env: dict[str, str] | None = None,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `semindex ARGS` in this process with click's CliRunner; same result shape as run_cli.
+
+    Most CLI behaviour (output, exit codes, one-line errors) does not need a process of its own, and
+    in process it costs no interpreter start and shares the loaded model. An exception that escapes
+    the command is written to stderr as a traceback, as a real process would, so "no Traceback"
+    assertions keep their meaning. Signals, TTYs and crashes need run_cli.
+    """
+    import traceback
+
+    from click.testing import CliRunner
+
+    from semindex.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), input=input, env=env, catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        assert result.exc_info is not None
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    proc = subprocess.CompletedProcess(["semindex", *args], result.exit_code, result.stdout, stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"semindex {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
 def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict[str, str] | None = None,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `semindex ARGS` the way a user does: a separate process, real files."""
+    """Run `semindex ARGS` the way a user does: a separate process, real files (smoke tests, signals)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "semindex", *args],

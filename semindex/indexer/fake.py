@@ -5,8 +5,9 @@ does not care *what* the vectors mean, only that they are vectors of a fixed
 dimension, the same for the same text. Loading a transformer to test those parts
 costs seconds per process; this encoder costs nothing and never touches torch.
 
-How it encodes: each lower-cased word (``\\w+``) seeds a Gaussian vector from a
-hash of the word; a text is the sum of its words' vectors, L2-normalised. Texts
+How it encodes: each distinct lower-cased word (``\\w+``, stop words left out,
+crudely stemmed) seeds a Gaussian vector from a hash of the word; a text is the
+sum of its words' vectors, L2-normalised. Texts
 that share words therefore point in similar directions, so ranking tests still
 mean something (a bag-of-words model, nothing more). A text without words gets
 the vector of its whole string. Same text, same vector, on every machine and run.
@@ -31,6 +32,35 @@ PREFIX = "hash"
 DEFAULT_DIMENSION = 384
 MAX_DIMENSION = 4096
 _WORD = re.compile(r"\w+")
+# Words that carry no topic: left out so that long texts do not win on "the" and "in".
+STOPWORDS = frozenset(
+    "a an and are as at be but by can do does for from has have how i in into is it its of on or "
+    "that the their then there these this to was were what when where which while who why will with "
+    "you your".split()
+)
+_SUFFIXES = ("ing", "ed", "es", "s", "e")
+
+
+def _stem(word: str) -> str:
+    """Strip up to two suffixes, so "strings" and "string" both become "str" (crude, cheap, stable)."""
+    for _ in range(2):
+        for suffix in _SUFFIXES:
+            if len(word) > len(suffix) + 2 and word.endswith(suffix):
+                word = word[: -len(suffix)]
+                break
+        else:
+            break
+    return word
+
+
+def terms(text: str) -> list[str]:
+    """The distinct topic words of a text, crudely stemmed ("pruning" ~ "prune", "holes" ~ "hole")."""
+    out: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS:
+            continue
+        out[_stem(word)] = None
+    return list(out)
 
 
 def canonical_hash_name(name: str) -> str:
@@ -74,7 +104,7 @@ class HashEncoder:
 
     def embed_one(self, text: str) -> np.ndarray:
         """The unnormalised sum of the text's word vectors (the whole string's when it has no words)."""
-        tokens = _WORD.findall(text.lower()) or [text]
+        tokens = terms(text) or [text]
         out = np.zeros(self.dimension, dtype=np.float32)
         for tok in tokens:
             out += _token_vector(tok, self.dimension)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -12,31 +11,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from benchmarks import _serve
+from benchmarks._serve import free_port
 from tests.support import REPO, SAMPLE, run_cli
+
+__all__ = ["KEY", "ServeProcess", "ThreadServer", "cli_store", "free_port", "wait_healthy"]
 
 KEY = "test-key-0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_healthy(base: str, proc: subprocess.Popen[Any] | None = None, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{read_log(proc)}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server at {base} did not become healthy in {timeout} s")
+    """benchmarks/_serve.py's health poll, failing the test (AssertionError) with the server's log."""
+    try:
+        _serve.wait_healthy(base, proc, timeout, log=lambda: read_log(proc) if proc is not None else "")
+    except _serve.ServerDidNotStart as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def read_log(proc: subprocess.Popen[Any]) -> str:
@@ -47,16 +36,19 @@ def read_log(proc: subprocess.Popen[Any]) -> str:
 class ServeProcess:
     """`python -m semindex serve --store DIR --port P ...` with its log in a file."""
 
-    def __init__(self, store: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, store: Path, *args: str, env: dict[str, str] | None = None,
+                 entry: tuple[str, ...] = ("-m", "semindex")) -> None:
+        """``entry``: what follows the interpreter, e.g. a script that registers a test encoder first."""
         self.store = store
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = store.parent / f"serve-{self.port}.log"
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMINDEX_")}
+        # the developer's SEMINDEX_* settings stay out; the test's lane (SEMINDEX_MODEL) goes in
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMINDEX_") or k == "SEMINDEX_MODEL"}
         full_env = {**base_env, "PYTHONPATH": str(REPO), **(env or {})}
         self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "semindex", "serve", "--store", str(store), "--port", str(self.port), *args],
+            [sys.executable, *entry, "serve", "--store", str(store), "--port", str(self.port), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -43,17 +42,23 @@ def test_each_app_has_its_own_registry() -> None:
 
 def test_gate_waits_for_work_in_flight_then_refuses_new_work() -> None:
     gate = WorkGate()
-    done = threading.Event()
+    entered, release, done = threading.Event(), threading.Event(), threading.Event()
 
     def work() -> None:
         with gate.enter():
-            time.sleep(0.3)
-        done.set()
+            entered.set()
+            release.wait(60)
+            done.set()  # still inside the gate: close() cannot report "drained" before this
 
     t = threading.Thread(target=work)
     t.start()
-    time.sleep(0.05)
-    assert gate.close(timeout=10) and done.is_set()
+    assert entered.wait(60)  # the work is in flight (an event, not a guess at thread start-up time)
+    # held by an event, the work cannot finish: close() must time out, and refuse new work from now on
+    assert gate.close(timeout=0.01) is False
+    with pytest.raises(ShuttingDownError), gate.enter():
+        pass
+    release.set()
+    assert gate.close(timeout=60) and done.is_set()
     with pytest.raises(ShuttingDownError), gate.enter():
         pass
     t.join()

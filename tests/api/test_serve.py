@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from semindex.indexer.encoder import canonical_model_name
 from tests.api.serving import KEY, ServeProcess, cli_store
 from tests.conftest import BACKENDS, fresh_pg_database, pg_admin_url
 from tests.support import run_cli
@@ -86,7 +87,7 @@ def test_cli_built_default_collection_is_served(client: httpx.Client) -> None:
     cols = client.get("/collections").json()["collections"]
     default = next(c for c in cols if c["name"] == "default")
     assert default["count"] == 40
-    assert default["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert default["model"] == canonical_model_name(None)  # the lane's default (the real one when slow)
     assert default["dimension"] == 384 and default["index_type"] == "flat"
     info = client.get("/collections/default").json()
     assert info["count"] == 40 and info["metric"] == "cosine"
@@ -181,7 +182,7 @@ def test_a_bad_document_rejects_the_whole_batch(client: httpx.Client) -> None:
 def test_collection_lifecycle(client: httpx.Client) -> None:
     r = client.post("/collections", json={"name": "notes"})
     assert r.status_code == 201, r.text
-    assert r.json()["count"] == 0 and r.json()["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert r.json()["count"] == 0 and r.json()["model"] == canonical_model_name(None)
     error_of(client.post("/collections", json={"name": "notes"}), 409, "collection_exists")
     error_of(client.post("/collections", json={"name": "bad name!"}), 422)
     names = [c["name"] for c in client.get("/collections").json()["collections"]]

@@ -1,4 +1,9 @@
-"""A signal while a write batch is in flight: the batch finishes (or never started), nothing half-applied."""
+"""A signal while a write batch is in flight: the batch finishes (or never started), nothing half-applied.
+
+The server runs with the ``gated`` test encoder (tests/api/gated_serve.py): the test waits until the
+server says the batch is being encoded, sends the signal, waits until the server says it is shutting
+down, and only then lets the batch finish. So the signal always lands mid-batch, on any machine.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.serving import ServeProcess, cli_store
-from tests.support import run_cli
+import semindex
+from tests.api import gated_serve
+from tests.api.serving import ServeProcess
+from tests.support import invoke_cli, sample_docs
 
-BATCH = 1500  # long enough to encode that the signal lands mid-batch even on a quiet machine
+BATCH = 300  # >= gated_serve.GATE_MIN: the write batch waits at the gate; queries do not
+MODEL = "gated:64"
 
 FILLER = " ".join(f"word{j}" for j in range(60))
 
@@ -28,11 +36,26 @@ def _docs(tag: str) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def _wait_for(what: str, ready: Any, srv: ServeProcess, timeout: float = 120) -> None:
+    """Wait until ``ready()``: a state the server reports (a file it made, a line it logged)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if srv.proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server never reached {what!r}:\n{srv.log()}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])
 def test_signal_during_a_write_batch_leaves_the_store_consistent(tmp_path: Path, sig: int) -> None:
-    store = cli_store(tmp_path)
-    srv = ServeProcess(store).wait()
+    gated_serve.register()
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    store = tmp_path / "store"
+    with semindex.Store(store) as s:
+        s.collection("default", model=MODEL).add(sample_docs())
+    srv = ServeProcess(store, env={"SEMINDEX_GATE_DIR": str(gate)},
+                       entry=(str(Path(gated_serve.__file__)),)).wait()
     result: dict[str, Any] = {}
 
     def write() -> None:
@@ -45,9 +68,13 @@ def test_signal_during_a_write_batch_leaves_the_store_consistent(tmp_path: Path,
 
     t = threading.Thread(target=write)
     t.start()
-    time.sleep(1.5)  # the request is in: 1,500 documents take many seconds to encode on a CPU
-    assert t.is_alive(), "the write finished before the signal; make BATCH larger"
-    rc = srv.stop(sig)
+    _wait_for("write batch at the gate", (gate / "entered").exists, srv)
+    assert t.is_alive()
+    srv.proc.send_signal(sig)
+    _wait_for("shutting down", lambda: "Shutting down" in srv.log(), srv)
+    (gate / "go").touch()
+    srv.proc.wait(timeout=120)  # no second signal: that would ask uvicorn to force-quit
+    rc = srv.stop()
     t.join(timeout=300)
     log = srv.log()
     assert rc == 0, log
@@ -56,11 +83,11 @@ def test_signal_during_a_write_batch_leaves_the_store_consistent(tmp_path: Path,
     assert result.get("status") == 200, (result, log)
     assert result["body"]["added"] == BATCH
 
-    check = run_cli("check", "--store", str(store))
+    check = invoke_cli("check", "--store", str(store))  # in process: `gated` is registered here too
     assert check.returncode == 0, check.stderr + check.stdout
-    info = json.loads(run_cli("info", "--store", str(store), "--json", check=True).stdout)
+    info = json.loads(invoke_cli("info", "--store", str(store), "--json", check=True).stdout)
     assert info["collections"][0]["count"] == 40 + BATCH
     # and everything acknowledged is searchable after a restart
-    found = run_cli("search", "Document 17 of batch b: notes on topic number 18. " + FILLER, "--store", str(store),
+    found = invoke_cli("search", "Document 17 of batch b: notes on topic number 18. " + FILLER, "--store", str(store),
                     "-k", "1", "--json", check=True)
     assert json.loads(found.stdout.splitlines()[0])["id"] == "b-17"

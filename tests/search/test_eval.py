@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from semindex.search.evaluate import measure
-from tests.support import SHARED_DATA, run_cli
+from tests.support import SHARED_DATA, invoke_cli, run_cli
 
 
 def test_measure_by_hand() -> None:
@@ -37,23 +37,29 @@ def _tiny_beir(root: Path) -> Path:
     return d
 
 
-def test_eval_tiny_all_modes(tmp_path: Path, tiny_cross_encoder: Path) -> None:
+def test_eval_tiny_all_modes(tmp_path: Path) -> None:
     beir = _tiny_beir(tmp_path)
     store = str(tmp_path / "store")
     for mode in ("dense", "keyword", "hybrid"):
-        out = run_cli("eval", str(beir), "--store", store, "--mode", mode, "--json", check=True)
+        out = invoke_cli("eval", str(beir), "--store", store, "--mode", mode, "--json", check=True)
         res = json.loads(out.stdout)
         assert set(res) >= {"ndcg@10", "recall@100", "mrr@10", "queries", "mode", "queries_per_s"}
         assert res["mode"] == mode and res["queries"] == 2 and res["collection"] == "tiny"
         assert res["ndcg@10"] == pytest.approx(1.0) and res["mrr@10"] == pytest.approx(1.0)
-    text = run_cli("eval", str(beir), "--store", store, "--mode", "keyword", check=True).stdout
+    text = invoke_cli("eval", str(beir), "--store", store, "--mode", "keyword", check=True).stdout
     assert "nDCG@10" in text and "queries/s" in text
-    out = run_cli("eval", str(beir), "--store", store, "--mode", "hybrid", "--rerank", str(tiny_cross_encoder),
-                  "--rerank-top", "3", "--json", check=True)
+    bad = invoke_cli("eval", str(beir), "--store", store, "--split", "train")
+    assert bad.returncode != 0 and "train" in bad.stderr
+
+
+@pytest.mark.slow  # a cross-encoder loads torch
+def test_eval_tiny_with_rerank(tmp_path: Path, tiny_cross_encoder: Path) -> None:
+    beir = _tiny_beir(tmp_path)
+    store = str(tmp_path / "store")
+    out = invoke_cli("eval", str(beir), "--store", store, "--mode", "hybrid", "--rerank", str(tiny_cross_encoder),
+                     "--rerank-top", "3", "--json", check=True)
     res = json.loads(out.stdout)
     assert res["rerank"] == str(tiny_cross_encoder) and res["queries"] == 2 and res["recall@100"] == 1.0
-    bad = run_cli("eval", str(beir), "--store", store, "--split", "train")
-    assert bad.returncode != 0 and "train" in bad.stderr
 
 
 @pytest.mark.slow

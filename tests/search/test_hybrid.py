@@ -81,21 +81,21 @@ def test_bad_fusion_options(samples: Any) -> None:
 def test_cli_search_modes(sample_store: Any, tmp_path: Path) -> None:
     import json
 
-    from tests.support import run_cli
+    from tests.support import invoke_cli  # in process; tests/cli has the subprocess smoke tests
 
     where = ["--store", str(sample_store.path)]
     if sample_store.storage.dialect != "sqlite":
         where += ["--db", sample_store.storage.db_url]
     queries = tmp_path / "queries.jsonl"
     queries.write_text('{"_id": "q1", "text": "sourdough starter"}\n{"_id": "q2", "text": "NEAR( \\"x"}\n')
-    out = run_cli("search", "sourdough starter", *where, "-c", "samples", "--mode", "keyword",
+    out = invoke_cli("search", "sourdough starter", *where, "-c", "samples", "--mode", "keyword",
                   "--json", "-k", "3", check=True)
     hits = [json.loads(line) for line in out.stdout.splitlines()]
     assert [h["id"] for h in hits] == ["cook-sourdough"]  # the only document with either word
-    out = run_cli("search", "--queries", str(queries), *where, "-c", "samples", "--mode", "hybrid",
+    out = invoke_cli("search", "--queries", str(queries), *where, "-c", "samples", "--mode", "hybrid",
                   "-k", "3", check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["query_id"] for r in rows] == ["q1", "q2"] and all(len(r["hits"]) == 3 for r in rows)
     assert rows[0]["hits"][0]["id"] == "cook-sourdough"
-    bad = run_cli("search", "x", *where, "-c", "samples", "--mode", "sparse")
+    bad = invoke_cli("search", "x", *where, "-c", "samples", "--mode", "sparse")
     assert bad.returncode != 0

@@ -1,4 +1,8 @@
-"""The CLI as a user runs it: subprocesses, real files, exit codes and one-line errors."""
+"""The CLI as a user runs it: real files, exit codes and one-line errors.
+
+In process through click's CliRunner (``cli``); the two smoke tests marked below run
+`python -m semindex` as a subprocess, as a user does.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SAMPLE, SHARED_DATA, run_cli, sample_docs
+from semindex.indexer.encoder import canonical_model_name
+from tests.support import SAMPLE, SHARED_DATA, invoke_cli, run_cli, sample_docs
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("cli") / "store"
-    proc = run_cli("index", str(SAMPLE), "--store", str(store), check=True)
+    proc = invoke_cli("index", str(SAMPLE), "--store", str(store), check=True)
     assert f"added {len(sample_docs())}, updated 0, unchanged 0, failed 0" in proc.stdout
     assert "docs/s" in proc.stdout
     return store
@@ -30,15 +35,16 @@ def assert_one_line_error(proc, *needles: str) -> None:  # type: ignore[no-untyp
 
 
 def test_search_table_and_json(indexed: Path) -> None:
+    """Subprocess smoke test: the table as a user's terminal gets it; then JSON and filters in process."""
     proc = run_cli("search", "how do black holes form", "--store", str(indexed), "-k", "3", check=True)
     assert "astro-black-holes" in proc.stdout.splitlines()[3] or "astro-black-holes" in proc.stdout
     first_row = next(line for line in proc.stdout.splitlines() if line.strip().startswith(("│ 1", "┃ 1", "| 1")) or " 1 " in line[:6])
     assert "astro-black-holes" in first_row
-    proc = run_cli("search", "recipe for sourdough bread", "--store", str(indexed), "-k", "2", "--json", check=True)
+    proc = invoke_cli("search", "recipe for sourdough bread", "--store", str(indexed), "-k", "2", "--json", check=True)
     hits = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(hits) == 2 and set(hits[0]) == {"id", "score", "text", "metadata"}
     assert hits[0]["id"] == "cook-sourdough" and hits[0]["score"] > hits[1]["score"]
-    proc = run_cli("search", "anything", "--store", str(indexed), "--json", "-k", "20",
+    proc = invoke_cli("search", "anything", "--store", str(indexed), "--json", "-k", "20",
                    "--filter", '{"topic": "medicine", "year": {"$gte": 2020}}', check=True)
     hits = [json.loads(line) for line in proc.stdout.splitlines()]
     assert hits and all(h["metadata"]["topic"] == "medicine" and h["metadata"]["year"] >= 2020 for h in hits)
@@ -51,7 +57,7 @@ def test_batch_search_queries_file(indexed: Path, tmp_path: Path) -> None:
         + json.dumps({"_id": "q2", "text": "pruning roses in winter"}) + "\n",
         encoding="utf-8",
     )
-    proc = run_cli("search", "--queries", str(qfile), "-k", "4", "--json", "--store", str(indexed), check=True)
+    proc = invoke_cli("search", "--queries", str(qfile), "-k", "4", "--json", "--store", str(indexed), check=True)
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["query_id"] for r in rows] == ["q1", "q2"]
     assert rows[0]["hits"][0]["id"] == "astro-black-holes" and rows[1]["hits"][0]["id"] == "garden-roses"
@@ -63,15 +69,15 @@ def test_info_delete_check(indexed: Path, tmp_path: Path) -> None:
 
     store = tmp_path / "copy"
     shutil.copytree(indexed, store)
-    info = json.loads(run_cli("info", "--json", "--store", str(store), check=True).stdout)
+    info = json.loads(invoke_cli("info", "--json", "--store", str(store), check=True).stdout)
     (c,) = info["collections"]
     assert c["name"] == "default" and c["count"] == 40 and c["dimension"] == 384
-    assert c["model"] == "sentence-transformers/all-MiniLM-L6-v2" and c["index_type"] == "flat"
+    assert c["model"] == canonical_model_name(None) and c["index_type"] == "flat"  # this lane's default
     assert c["bytes_on_disk"] > 40 * 384 * 4
-    assert "default: 40 documents" in run_cli("info", "--store", str(store), check=True).stdout
-    proc = run_cli("delete", "astro-black-holes", "nope", "--store", str(store), check=True)
+    assert "default: 40 documents" in invoke_cli("info", "--store", str(store), check=True).stdout
+    proc = invoke_cli("delete", "astro-black-holes", "nope", "--store", str(store), check=True)
     assert "deleted 1 of 2" in proc.stdout
-    proc = run_cli("check", "--store", str(store), check=True)
+    proc = invoke_cli("check", "--store", str(store), check=True)
     assert proc.stdout.count("\n") == 1 and "ok (39 documents, 39 vectors" in proc.stdout
 
 
@@ -84,17 +90,17 @@ def test_check_names_drift_and_repair_fixes_it(indexed: Path, tmp_path: Path) ->
     # Damage behind semindex's back: a row vanishes without a change-log entry.
     with sqlite3.connect(store / "semindex.db") as db:
         db.execute("DELETE FROM documents WHERE doc_id = 'cook-curry'")
-    proc = run_cli("check", "--store", str(store))
+    proc = invoke_cli("check", "--store", str(store))
     assert_one_line_error(proc, "DRIFT", "vectors without a row")
-    proc = run_cli("check", "--repair", "--store", str(store), check=True)
+    proc = invoke_cli("check", "--repair", "--store", str(store), check=True)
     assert "repaired" in proc.stdout
-    assert "ok (39 documents" in run_cli("check", "--store", str(store), check=True).stdout
+    assert "ok (39 documents" in invoke_cli("check", "--store", str(store), check=True).stdout
     # A corrupt checkpoint file is reported, and repaired without re-encoding.
     (idx,) = list((store / "indexes").glob("c*/index-*.faiss"))
     idx.write_bytes(b"garbage")
-    assert_one_line_error(run_cli("check", "--store", str(store)), "checkpoint unreadable")
-    run_cli("check", "--repair", "--store", str(store), check=True)
-    run_cli("check", "--store", str(store), check=True)
+    assert_one_line_error(invoke_cli("check", "--store", str(store)), "checkpoint unreadable")
+    invoke_cli("check", "--repair", "--store", str(store), check=True)
+    invoke_cli("check", "--store", str(store), check=True)
 
 
 def test_formats_folder_csv_parquet_beir(tmp_path: Path) -> None:
@@ -112,16 +118,16 @@ def test_formats_folder_csv_parquet_beir(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": ["p1", "p2"], "text": ["Penguins live in Antarctica.", "Rust is a language."],
                              "lang": ["en", "en"]}), pq_file)
     store = str(tmp_path / "store")
-    run_cli("index", str(folder), "--store", store, "-c", "notes", check=True)
-    run_cli("index", str(csv_file), "--store", store, "-c", "notes", "--id-field", "doc_id",
+    invoke_cli("index", str(folder), "--store", store, "-c", "notes", check=True)
+    invoke_cli("index", str(csv_file), "--store", store, "-c", "notes", "--id-field", "doc_id",
             "--text-field", "body", "--metadata-field", "author", check=True)
-    run_cli("index", str(pq_file), "--store", store, "-c", "notes", check=True)
-    out = run_cli("search", "string instrument", "--store", store, "-c", "notes", "--json", "-k", "1", check=True)
+    invoke_cli("index", str(pq_file), "--store", store, "-c", "notes", check=True)
+    out = invoke_cli("search", "string instrument", "--store", store, "-c", "notes", "--json", "-k", "1", check=True)
     hit = json.loads(out.stdout)
     assert hit["id"] == "c1" and hit["metadata"] == {"author": "ann"}
-    out = run_cli("search", "volcano magma", "--store", store, "-c", "notes", "--json", "-k", "1", check=True)
+    out = invoke_cli("search", "volcano magma", "--store", store, "-c", "notes", "--json", "-k", "1", check=True)
     assert json.loads(out.stdout)["id"] == "sub/b.txt"
-    info = json.loads(run_cli("info", "--json", "--store", store, check=True).stdout)
+    info = json.loads(invoke_cli("info", "--json", "--store", store, check=True).stdout)
     assert info["collections"][0]["count"] == 6
 
 
@@ -131,11 +137,11 @@ def test_beir_folder_embeds_title_and_text(tmp_path: Path) -> None:
         pytest.skip("no shared data")
     store = str(tmp_path / "store")
     # Cranfield has two records with neither title nor text (471 and 995): skipped, counted, named.
-    proc = run_cli("index", str(corpus), "--store", store, "--json", "--on-error", "skip", check=True)
+    proc = invoke_cli("index", str(corpus), "--store", store, "--json", "--on-error", "skip", check=True)
     stats = json.loads(proc.stdout)
     assert stats["added"] == 1398 and stats["failed"] == 2
     assert any("corpus.jsonl:471" in e for e in stats["errors"])
-    out = run_cli("search", "boundary layer", "--store", store, "--json", "-k", "3", check=True)
+    out = invoke_cli("search", "boundary layer", "--store", store, "--json", "-k", "3", check=True)
     assert len(out.stdout.splitlines()) == 3
 
 
@@ -152,14 +158,14 @@ def test_bad_records_fail_or_skip(tmp_path: Path, name: str) -> None:
     src = tmp_path / name
     src.write_bytes(data)
     store = str(tmp_path / "store")
-    proc = run_cli("index", str(src), "--store", store)
+    proc = invoke_cli("index", str(src), "--store", store)
     assert_one_line_error(proc, where)
     assert proc.returncode != 0
     # what came before the bad line was committed and is consistent
-    info = json.loads(run_cli("info", "--json", "--store", store, check=True).stdout)
+    info = json.loads(invoke_cli("info", "--json", "--store", store, check=True).stdout)
     assert info["collections"][0]["count"] == 1
-    run_cli("check", "--store", store, check=True)
-    proc = run_cli("index", str(src), "--store", store, "--on-error", "skip", "--json", check=True)
+    invoke_cli("check", "--store", store, check=True)
+    proc = invoke_cli("index", str(src), "--store", store, "--on-error", "skip", "--json", check=True)
     stats = json.loads(proc.stdout)
     assert (stats["added"], stats["unchanged"], stats["failed"]) == (1, 1, 1)
     assert where in stats["errors"][0]
@@ -170,29 +176,50 @@ def test_whole_file_errors_are_one_line(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    assert_one_line_error(run_cli("index", str(empty), "--store", store), "empty.jsonl", "empty")
+    assert_one_line_error(invoke_cli("index", str(empty), "--store", store), "empty.jsonl", "empty")
     unknown = tmp_path / "data.xyz"
     unknown.write_text("hello", encoding="utf-8")
-    assert_one_line_error(run_cli("index", str(unknown), "--store", store), "data.xyz")
-    assert_one_line_error(run_cli("index", str(tmp_path / "missing.jsonl"), "--store", store), "missing.jsonl")
+    assert_one_line_error(invoke_cli("index", str(unknown), "--store", store), "data.xyz")
+    assert_one_line_error(invoke_cli("index", str(tmp_path / "missing.jsonl"), "--store", store), "missing.jsonl")
     gz = tmp_path / "trunc.jsonl.gz"
     payload = "".join(json.dumps({"text": f"document {i} {i * 7919 % 10007}"}) + "\n" for i in range(2000))
     blob = gzip.compress(payload.encode())
     gz.write_bytes(blob[: len(blob) // 2])
-    assert_one_line_error(run_cli("index", str(gz), "--store", store), "trunc.jsonl.gz")
+    assert_one_line_error(invoke_cli("index", str(gz), "--store", store), "trunc.jsonl.gz")
 
 
 def test_bad_options_are_one_line(indexed: Path) -> None:
     store = str(indexed)
-    assert_one_line_error(run_cli("search", "x", "--store", store, "--filter", "{not json"), "--filter")
-    assert_one_line_error(run_cli("search", "x", "--store", store, "--filter", '{"a": {"$bogus": 1}}'), "--filter", "$bogus")
-    assert_one_line_error(run_cli("search", "x", "--store", store, "-c", "missing"), "missing")
-    assert_one_line_error(run_cli("search", "x", "--store", "/nonexistent/store"), "no store")
-    assert_one_line_error(run_cli("index", str(SAMPLE), "--store", store, "--model", "/no/such/model"), "model")
-    proc = run_cli("search", "x", "--store", store, "-k", "0")
+    assert_one_line_error(invoke_cli("search", "x", "--store", store, "--filter", "{not json"), "--filter")
+    assert_one_line_error(invoke_cli("search", "x", "--store", store, "--filter", '{"a": {"$bogus": 1}}'), "--filter", "$bogus")
+    assert_one_line_error(invoke_cli("search", "x", "--store", store, "-c", "missing"), "missing")
+    assert_one_line_error(invoke_cli("search", "x", "--store", "/nonexistent/store"), "no store")
+    assert_one_line_error(invoke_cli("index", str(SAMPLE), "--store", store, "--model", "/no/such/model"), "model")
+    proc = invoke_cli("search", "x", "--store", store, "-k", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr  # click's own usage error
 
 
 def test_progress_bar_only_on_a_tty(tmp_path: Path) -> None:
     proc = run_cli("index", str(SAMPLE), "--store", str(tmp_path / "s"), check=True)
     assert "ETA" not in proc.stderr and "\x1b[" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_real_model_end_to_end_as_subprocesses(tmp_path: Path) -> None:
+    """The user's first run with the real default model: index, info, search one and many (slow lane)."""
+    store = str(tmp_path / "store")
+    proc = run_cli("index", str(SAMPLE), "--store", store, check=True)
+    assert f"added {len(sample_docs())}, updated 0, unchanged 0, failed 0" in proc.stdout
+    (c,) = json.loads(run_cli("info", "--json", "--store", store, check=True).stdout)["collections"]
+    assert c["model"] == "sentence-transformers/all-MiniLM-L6-v2" and c["dimension"] == 384
+    qfile = tmp_path / "queries.jsonl"
+    qfile.write_text(
+        json.dumps({"_id": "q1", "text": "how do black holes form"}) + "\n"
+        + json.dumps({"_id": "q2", "text": "pruning roses in winter"}) + "\n",
+        encoding="utf-8",
+    )
+    proc = run_cli("search", "--queries", str(qfile), "-k", "4", "--json", "--store", store, check=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert rows[0]["hits"][0]["id"] == "astro-black-holes" and rows[1]["hits"][0]["id"] == "garden-roses"
+    proc = run_cli("search", "recipe for sourdough bread", "--store", store, "-k", "2", "--json", check=True)
+    assert json.loads(proc.stdout.splitlines()[0])["id"] == "cook-sourdough"
