@@ -441,6 +441,18 @@ class Collection:
         Returns {"old": {type, params}, "new": {type, params}, "count", "seconds"}."""
         return self.storage.reindex(index, target_recall=target_recall, memory_budget=memory_budget, device=device)
 
+    def get_embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of ``ids`` (as searched: normalised when the metric is cosine), by id.
+
+        Ids that do not exist are left out. What a client-side step such as the adapters'
+        MMR needs without re-encoding texts (an adapter's embedding may be a paid API).
+        """
+        docs = self.storage.get([str(i) for i in ids])
+        if not docs:
+            return {}
+        vecs = self.storage.fetch_embeddings(np.asarray([d.vid for d in docs], dtype=np.int64))
+        return {d.id: vecs[i] for i, d in enumerate(docs)}
+
 
 def _doc(d: StoredDoc) -> Document:
     return Document(id=d.id, text=d.text, metadata=d.metadata, title=d.title)
