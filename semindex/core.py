@@ -355,6 +355,8 @@ class Collection:
         hybrid_weights: Sequence[float] = (1.0, 1.0),
         rrf_k: float = 60,
         candidates: int | None = None,
+        fusion: str = "rrf",
+        alpha: float | None = None,
     ) -> list[Hit]:
         """Top-k documents for ``query``; ``filter`` narrows the candidates before ranking.
 
@@ -362,11 +364,12 @@ class Collection:
         (the top ``candidates`` — default max(k, 100) — of both, fused by reciprocal rank
         fusion with ``hybrid_weights`` (dense, keyword) and ``rrf_k``). ``rerank``: a
         cross-encoder model id or path that re-scores the top ``rerank_top``; the hits then
-        carry its scores.
+        carry its scores. ``fusion="convex"`` fuses hybrid's two lists by
+        ``alpha * dense + (1 - alpha) * keyword`` on per-query min-max normalised scores instead.
         """
         return self.search_batch(
             [query], k, filter=filter, mode=mode, rerank=rerank, rerank_top=rerank_top,
-            hybrid_weights=hybrid_weights, rrf_k=rrf_k, candidates=candidates,
+            hybrid_weights=hybrid_weights, rrf_k=rrf_k, candidates=candidates, fusion=fusion, alpha=alpha,
         )[0]
 
     def search_batch(
@@ -381,6 +384,8 @@ class Collection:
         hybrid_weights: Sequence[float] = (1.0, 1.0),
         rrf_k: float = 60,
         candidates: int | None = None,
+        fusion: str = "rrf",
+        alpha: float | None = None,
     ) -> list[list[Hit]]:
         """:meth:`search` for many queries at once (encoded in one batch)."""
         return run_search(
@@ -397,6 +402,8 @@ class Collection:
             rrf_k=rrf_k,
             candidates=candidates,
             device=self.store.device,
+            fusion=fusion,
+            alpha=alpha,
         )
 
     def search_vectors(

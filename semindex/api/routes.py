@@ -194,7 +194,8 @@ def search(request: Request, name: CollectionName, body: SearchRequest) -> Searc
         if isinstance(body, VectorSearch):
             hits = coll.search_vectors(np.asarray([body.vector], dtype=np.float32), body.k, filter=body.filter)[0]
         else:
-            hits = coll.search(body.query, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank)
+            hits = coll.search(body.query, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank,
+                               fusion=body.fusion, alpha=body.alpha)
     return _hits(hits)
 
 
@@ -207,5 +208,6 @@ def search_batch(request: Request, name: CollectionName, body: BatchSearchReques
         if isinstance(body, VectorBatchSearch):
             results = coll.search_vectors(np.asarray(body.vectors, dtype=np.float32), body.k, filter=body.filter)
         else:
-            results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank)
+            results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode,
+                                        rerank=body.rerank, fusion=body.fusion, alpha=body.alpha)
     return BatchSearchResponse(results=[_hits(r) for r in results])

@@ -253,6 +253,12 @@ class _SearchCommon(_VectorCommon):
     rerank: str | None = Field(
         default=None, min_length=1, max_length=MAX_MODEL_CHARS, pattern=NO_CONTROL, description="Cross-encoder model id."
     )
+    fusion: Literal["rrf", "convex"] = Field(
+        default="rrf", description="Hybrid fusion: reciprocal rank fusion, or a convex combination of min-max scores."
+    )
+    alpha: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Dense share for fusion=convex (default: tuned on SciFact train)."
+    )
 
 
 NON_BLANK = r"\S"  # JSON Schema patterns search: "holds a non-space character"

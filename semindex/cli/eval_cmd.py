@@ -35,6 +35,9 @@ def default_collection_name(folder: Path) -> str:
 @click.option("--rerank", default=None, metavar="MODEL", help="Re-score the top --rerank-top with this cross-encoder.")
 @click.option("--rerank-top", default=50, show_default=True, type=click.IntRange(1, 1000),
               help="Candidates the cross-encoder re-scores.")
+@click.option("--fusion", type=click.Choice(["rrf", "convex"]), default="rrf", show_default=True,
+              help="Hybrid fusion (see semindex search --help).")
+@click.option("--alpha", default=None, type=click.FloatRange(0, 1), help="Dense share for --fusion convex.")
 @click.option("--split", default="test", show_default=True, help="Which qrels/SPLIT.tsv to evaluate on.")
 @click.option("-k", "k", default=100, show_default=True, type=click.IntRange(1, 1000), help="Hits per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -48,6 +51,8 @@ def eval_command(
     mode: str,
     rerank: str | None,
     rerank_top: int,
+    fusion: str,
+    alpha: float | None,
     split: str,
     k: int,
     as_json: bool,
@@ -80,13 +85,15 @@ def eval_command(
             )
 
         def run(texts: list[str]) -> list[list[Any]]:
-            return coll.search_batch(texts, k, mode=mode, rerank=rerank, rerank_top=rerank_top)
+            return coll.search_batch(texts, k, mode=mode, rerank=rerank, rerank_top=rerank_top,
+                                     fusion=fusion, alpha=alpha)
 
         result = evaluate(run, queries, qrels, mode=mode, rerank=rerank)
     finally:
         store.close()
     if as_json:
-        echo_json({**result.as_dict(), "collection": name, "split": split})
+        extra = {"fusion": fusion, "alpha": alpha} if mode == "hybrid" else {}
+        echo_json({**result.as_dict(), "collection": name, "split": split, **extra})
     else:
         click.echo(f"{name} ({split}, {result.queries} queries, mode {mode}"
                    + (f", rerank {rerank}" if rerank else "") + ")")

@@ -43,6 +43,10 @@ def parse_filter_option(text: str | None) -> dict[str, Any] | None:
               help="Re-score the top --rerank-top hits with this cross-encoder (model id or local path).")
 @click.option("--rerank-top", default=50, show_default=True, type=click.IntRange(1, 1000),
               help="How many first-stage hits the cross-encoder re-scores.")
+@click.option("--fusion", type=click.Choice(["rrf", "convex"]), default="rrf", show_default=True,
+              help="Hybrid fusion: reciprocal rank fusion, or alpha*dense + (1-alpha)*keyword on min-max scores.")
+@click.option("--alpha", default=None, type=click.FloatRange(0, 1),
+              help="Dense share for --fusion convex (default: the value tuned on SciFact train).")
 def search_command(
     query: str | None,
     store_path: Path,
@@ -56,6 +60,8 @@ def search_command(
     mode: str,
     rerank: str | None,
     rerank_top: int,
+    fusion: str,
+    alpha: float | None,
 ) -> None:
     """Search a collection for QUERY (or every query in --queries FILE).
 
@@ -80,10 +86,12 @@ def search_command(
     try:
         coll = store.get_collection(collection)
         if queries_file is not None:
-            _batch(coll, queries_file, k, flt, mode=mode, rerank=rerank, rerank_top=rerank_top)
+            _batch(coll, queries_file, k, flt, mode=mode, rerank=rerank, rerank_top=rerank_top,
+                   fusion=fusion, alpha=alpha)
             return
         assert query is not None
-        hits = coll.search(query, k, filter=flt, mode=mode, rerank=rerank, rerank_top=rerank_top)
+        hits = coll.search(query, k, filter=flt, mode=mode, rerank=rerank, rerank_top=rerank_top,
+                           fusion=fusion, alpha=alpha)
         if as_json:
             for h in hits:
                 echo_json({"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata})

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ConfigError, InvalidInputError
 from ..indexer.encoder import Encoder
 from ..storage.store import CollectionStorage, StoredDoc
-from .hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS, check_fusion, rrf
+from .hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS, check_convex, check_fusion, convex, rrf
 
 MAX_K = 1000
 MODES = ("dense", "keyword", "hybrid")
@@ -133,11 +133,19 @@ def hybrid_search(
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     rrf_k: float = DEFAULT_RRF_K,
     candidates: int | None = None,
+    fusion: str = "rrf",
+    alpha: float | None = None,
 ) -> list[list[Hit]]:
-    """Dense and keyword top-``candidates`` (default max(k, 100)), both filtered, fused by RRF."""
+    """Dense and keyword top-``candidates`` (default max(k, 100)), both filtered, then fused.
+
+    ``fusion="rrf"`` (default): reciprocal rank fusion with ``weights`` and ``rrf_k``.
+    ``fusion="convex"``: ``alpha * dense + (1 - alpha) * keyword`` on per-query min-max
+    normalised scores (``weights`` and ``rrf_k`` unused).
+    """
     queries = check_queries(queries)
     check_k(k)
     ws, kk = check_fusion(weights, rrf_k, 2)
+    a = check_convex(fusion, alpha)
     n = max(k, candidates if candidates is not None else HYBRID_CANDIDATES)
     if not queries:
         return []
@@ -150,9 +158,13 @@ def hybrid_search(
         for doc, _ in d_res:
             docs[doc.vid] = doc
     for d_res, k_res in zip(dense, keyword):
-        fused.append(
-            rrf([[doc.vid for doc, _ in d_res], [vid for vid, _ in k_res]], weights=ws, k=kk, limit=k)
-        )
+        if fusion == "convex":
+            fused.append(convex([[(doc.vid, float(sc)) for doc, sc in d_res], list(k_res)],
+                                weights=(a, 1.0 - a), limit=k))
+        else:
+            fused.append(
+                rrf([[doc.vid for doc, _ in d_res], [vid for vid, _ in k_res]], weights=ws, k=kk, limit=k)
+            )
     return _hits(storage, fused, known=docs)
 
 
@@ -171,9 +183,12 @@ def search(
     rrf_k: float = DEFAULT_RRF_K,
     candidates: int | None = None,
     device: str | None = None,
+    fusion: str = "rrf",
+    alpha: float | None = None,
 ) -> list[list[Hit]]:
     """Every mode and the optional rerank behind one call. ``encoder`` is only called when vectors are needed."""
     check_mode(mode)
+    check_convex(fusion, alpha)
     queries = check_queries(queries)
     check_k(k)
     if rerank is not None:
@@ -191,7 +206,7 @@ def search(
     else:
         hits = hybrid_search(
             storage, encoder(), queries, first_k, filter, normalize=normalize,
-            weights=hybrid_weights, rrf_k=rrf_k, candidates=candidates,
+            weights=hybrid_weights, rrf_k=rrf_k, candidates=candidates, fusion=fusion, alpha=alpha,
         )
     if rerank is not None:
         hits = rerank_hits(rerank, queries, hits, k, top=rerank_top, device=device)
