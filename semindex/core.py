@@ -28,6 +28,7 @@ from .errors import (
 )
 from .indexer.encoder import Encoder, canonical_model_name, get_encoder
 from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
+from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --engine ray (issue 12)
 from .indexer.readers import Record
 from .search.searcher import Hit, check_k, vector_search
 from .search.searcher import search as run_search

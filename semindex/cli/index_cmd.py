@@ -101,7 +101,7 @@ def index_command(
         with progress_cm:
             try:
                 if engine == "ray" or resume or any(v is not None for v in (devices, ray_address, actors, gpus_per_actor)):
-                    from ..indexer.scale_cli import scaled_index  # --engine ray / --devices (issue 12)
+                    from ..core import scaled_index  # --engine ray / --devices (issue 12)
 
                     scaled_index(
                         coll, list(sources), records, engine=engine, devices=devices, ray_address=ray_address,
