@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import missing_extra
+from ._fusion import hybrid_hits
 
 try:
     from langchain_core.documents import Document
@@ -41,14 +42,13 @@ try:
 except ImportError as exc:  # the extra is not installed
     raise missing_extra("langchain", "langchain-core") from exc
 
-from ..core import DEFAULT_RRF_K, DEFAULT_WEIGHTS, MAX_K, Collection, Hit, Store, embed
+from ..core import MAX_K, Collection, Hit, Store, embed
 from ..core import Document as SemindexDocument
 from ..errors import CollectionExistsError, ConfigError, InvalidInputError, ModelMismatchError
 
 __all__ = ["SemindexEmbeddings", "SemindexVectorStore"]
 
 MODES = ("dense", "keyword", "hybrid")
-HYBRID_CANDIDATES = 100  # what Collection.search fuses by default in hybrid mode
 
 
 class SemindexEmbeddings(Embeddings):
@@ -278,7 +278,7 @@ class SemindexVectorStore(VectorStore):
         qvec = np.asarray(self.embedding.embed_query(query), dtype=np.float32)
         if mode == "dense":
             return coll.search_vectors(qvec, k, filter=filter, **kwargs)[0]
-        return _hybrid(coll, query, qvec, k, filter, **kwargs)
+        return hybrid_hits(coll, query, qvec, k, filter, **kwargs)
 
     # -- relevance scores ----------------------------------------------------------------
 
@@ -452,37 +452,6 @@ def _check_mmr_mode(kwargs: dict[str, Any]) -> None:
     mode = kwargs.pop("mode", "dense")
     if mode != "dense":
         raise InvalidInputError(f"MMR re-ranks dense hits by their vectors; mode {mode!r} is not supported")
-
-
-def _hybrid(
-    coll: Collection,
-    query: str,
-    qvec: np.ndarray,
-    k: int,
-    filter: Mapping[str, Any] | None,
-    *,
-    candidates: int | None = None,
-    hybrid_weights: Sequence[float] = DEFAULT_WEIGHTS,
-    rrf_k: float = DEFAULT_RRF_K,
-) -> list[Hit]:
-    """Reciprocal rank fusion of the dense (query vector) and keyword top ``candidates``.
-
-    What ``Collection.search(mode="hybrid")`` does, for a collection whose queries are
-    embedded here rather than by a semindex model.
-    """
-    n = min(MAX_K, max(k, candidates if candidates is not None else HYBRID_CANDIDATES))
-    dense = coll.search_vectors(qvec, n, filter=filter)[0]
-    lexical = coll.search(query, n, filter=filter, mode="keyword")
-    w_dense, w_keyword = (float(w) for w in hybrid_weights)
-    fused: dict[str, float] = {}
-    hits: dict[str, Hit] = {}
-    for weight, ranked in ((w_dense, dense), (w_keyword, lexical)):
-        for rank, hit in enumerate(ranked, start=1):
-            fused[hit.id] = fused.get(hit.id, 0.0) + weight / (rrf_k + rank)
-            hits.setdefault(hit.id, hit)
-    order = sorted(fused, key=lambda i: -fused[i])[:k]
-    return [Hit(id=i, score=fused[i], text=hits[i].text, metadata=hits[i].metadata, title=hits[i].title)
-            for i in order]
 
 
 def _cosine_relevance(score: float) -> float:
