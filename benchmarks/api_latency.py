@@ -90,6 +90,7 @@ def main() -> None:
 
     import semindex
     from semindex.indexer.encoder import resolve_model_path
+    from semindex.storage.rows import SQLSource
 
     if args.torch_threads:
         import torch
@@ -109,7 +110,7 @@ def main() -> None:
         coll = store.collection()
         stats = coll.add(docs, batch_size=64)
         n_docs = coll.count()
-        vectors = np.concatenate([v for _, v in coll.storage.iter_embeddings()])
+        vectors = np.concatenate([v for _, v in SQLSource(coll.storage.rows).iter_batches()])
     print(f"store: {n_docs} SciFact documents ({stats.added} encoded now) in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
 

@@ -31,7 +31,7 @@ from .errors import (
 from .indexer.encoder import DEFAULT_MODEL, Encoder, register_encoder, unregister_encoder
 from .indexer.pipeline import IngestStats
 from .search.searcher import Hit
-from .storage.store import CheckReport
+from .storage import CheckReport
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import InvalidInputError, ReadError
-from ..storage.store import CollectionStorage, DocWrite, WriteResult
+from ..storage import CollectionStorage, DocWrite, WriteResult
 from .encoder import Encoder
 from .readers import Record
 

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ConfigError
+from . import exact
 from .vectors import (
     HNSW_M,
     VectorIndex,
@@ -196,23 +197,14 @@ class GroundTruth:
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.metric = metric
         self.k = k
-        nq = len(queries)
-        self.scores = np.full((nq, k + 1), -np.inf, dtype=np.float32)
-        self.ids = np.full((nq, k + 1), -1, dtype=np.int64)
+        self._best = exact.TopK(len(queries), k + 1)  # k+1: a stored query finds itself first
+        self.scores, self.ids = self._best.scores, self._best.ids
 
     def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if not len(ids) or not len(self.queries):
             return
-        if self.metric == "l2":
-            sc = -((self.queries**2).sum(1, keepdims=True) - 2 * self.queries @ vectors.T + (vectors**2).sum(1)[None, :])
-        else:
-            sc = self.queries @ vectors.T
-        allsc = np.concatenate([self.scores, sc.astype(np.float32)], axis=1)
-        allid = np.concatenate([self.ids, np.broadcast_to(ids, (len(self.queries), len(ids)))], axis=1)
-        kk = self.k + 1
-        part = np.argpartition(-allsc, kk - 1, axis=1)[:, :kk] if allsc.shape[1] > kk else np.argsort(-allsc, axis=1)
-        self.scores = np.take_along_axis(allsc, part, 1)
-        self.ids = np.take_along_axis(allid, part, 1)
+        self._best.push(exact.scores(self.queries, vectors, self.metric), ids)
+        self.scores, self.ids = self._best.scores, self._best.ids
 
     def truth(self) -> list[set[int]]:
         out = []

@@ -1,6 +1,6 @@
 """The keyword (BM25) index: full-text search over the same SQL store, kept exact.
 
-It is a :class:`~semindex.storage.store.WriteHook`: every write transaction that
+It is a :class:`~semindex.storage.records.WriteHook`: every write transaction that
 upserts or deletes rows updates the full-text index *inside that transaction*,
 so a committed row is always searchable by its current words and never by its
 old ones, and a rolled-back batch leaves nothing behind.
@@ -30,17 +30,15 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ConfigError
 from . import schema as s
 from .filters import compile_filter
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import CollectionStorage, DocWrite, Storage
+from .records import DocWrite, chunked
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ PG_TABLE = "semindex_fts"
 # flags on the scifact *train* split (nDCG@10 0.566 vs 0.407 for ts_rank_cd).
 PG_NORMALIZATION = 1
 MAX_TERMS = 64  # distinct query terms kept (in order of first appearance)
-CHUNK = 500
+PG_DDL_LOCK_KEY = 7305421001  # pg_advisory_xact_lock key for creating the side table once
 
 # Title and text weights for bm25() (tuned on the scifact *train* split only).
 DEFAULT_WEIGHTS: tuple[float, float] = (3.0, 1.0)
@@ -92,12 +90,15 @@ def websearch_query(terms: Sequence[str]) -> str:
 
 
 class KeywordIndex:
-    """Full-text index for every collection of one store; registered as a write hook."""
+    """Full-text index for every collection of one store; a write hook of that store's `Storage`.
 
-    def __init__(self, storage: Storage, *, weights: tuple[float, float] = DEFAULT_WEIGHTS) -> None:
-        self.storage = storage
-        self.engine = storage.engine
-        self.dialect = storage.engine.dialect.name
+    It needs only the engine and collection ids, never the store itself, so the store can
+    take it as one hook among others and search can be handed it explicitly.
+    """
+
+    def __init__(self, engine: Engine, *, weights: tuple[float, float] = DEFAULT_WEIGHTS) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
         self.weights = (float(weights[0]), float(weights[1]))
         self._known: set[int] = set()  # collection ids whose SQLite table exists (ids are never reused)
 
@@ -106,12 +107,11 @@ class KeywordIndex:
         return self.dialect in ("sqlite", "postgresql")
 
     @classmethod
-    def attach(cls, storage: Storage) -> KeywordIndex:
-        """Create what is missing (backfilling existing rows once) and register as a write hook."""
-        index = cls(storage)
+    def open(cls, engine: Engine) -> KeywordIndex:
+        """The index over an existing schema, creating what is missing (backfilling rows once)."""
+        index = cls(engine)
         if index.supported:
             index.ensure()
-            storage.hooks.append(index)
         return index
 
     # -- schema --------------------------------------------------------------
@@ -185,7 +185,7 @@ class KeywordIndex:
         if ready:  # the usual case: no DDL (and none of its table locks) on every open
             return
         with self.engine.begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7305421001)"))
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_DDL_LOCK_KEY})
             conn.execute(sa.text(
                 f"CREATE TABLE IF NOT EXISTS {PG_TABLE} ("
                 " vid BIGINT PRIMARY KEY REFERENCES documents(vid) ON DELETE CASCADE,"
@@ -212,7 +212,7 @@ class KeywordIndex:
     def on_write(
         self,
         conn: Connection,
-        coll: CollectionStorage,
+        collection_id: int,
         upserted: list[tuple[int, DocWrite]],
         deleted_vids: list[int],
     ) -> None:
@@ -220,7 +220,7 @@ class KeywordIndex:
             return
         vids = [int(v) for v, _ in upserted]
         if self.dialect == "sqlite":
-            cid = int(coll.id)
+            cid = int(collection_id)
             if cid not in self._known:
                 if not self._sqlite_exists(conn, cid):
                     # First write to a new collection: creating and backfilling from the rows
@@ -231,20 +231,20 @@ class KeywordIndex:
                 self._known.add(cid)
             name = self.table_name(cid)
             touched = vids + [int(v) for v in deleted_vids]
-            for part in _chunks(touched):
+            for part in chunked(touched):
                 conn.exec_driver_sql(
                     f"DELETE FROM {name} WHERE rowid IN ({','.join('?' * len(part))})", tuple(part)
                 )
-            for part in _chunks(vids):
+            for part in chunked(vids):
                 conn.exec_driver_sql(
                     f"INSERT INTO {name} (rowid, title, text) SELECT vid, coalesce(title, ''), text "
                     f"FROM documents WHERE vid IN ({','.join('?' * len(part))})",
                     tuple(part),
                 )
         elif self.dialect == "postgresql":
-            for part in _chunks([int(v) for v in deleted_vids]):
+            for part in chunked([int(v) for v in deleted_vids]):
                 conn.execute(sa.text(f"DELETE FROM {PG_TABLE} WHERE vid = ANY(:vids)"), {"vids": list(part)})
-            for part in _chunks(vids):
+            for part in chunked(vids):
                 conn.execute(
                     sa.text(
                         f"INSERT INTO {PG_TABLE} (vid, collection_id, tsv) "
@@ -265,7 +265,7 @@ class KeywordIndex:
 
     def search(
         self,
-        coll: CollectionStorage,
+        collection_id: int,
         queries: Sequence[str],
         k: int,
         filter: Mapping[str, Any] | None = None,
@@ -279,20 +279,21 @@ class KeywordIndex:
         w = weights or self.weights
         out: list[list[tuple[int, float]]] = []
         with self.engine.connect() as conn:
-            if self.dialect == "sqlite" and int(coll.id) not in self._known:
-                if not self._sqlite_exists(conn, int(coll.id)):
+            cid = int(collection_id)
+            if self.dialect == "sqlite" and cid not in self._known:
+                if not self._sqlite_exists(conn, cid):
                     # nothing was ever written to this collection (its first write creates the table)
                     return [[] for _ in queries]
-                self._known.add(int(coll.id))
+                self._known.add(cid)
             for q in queries:
                 terms = query_terms(q)
                 if not terms:
                     out.append([])
                     continue
                 stmt = (
-                    self._sqlite_stmt(int(coll.id), fts5_query(terms), k, where, w)
+                    self._sqlite_stmt(cid, fts5_query(terms), k, where, w)
                     if self.dialect == "sqlite"
-                    else self._pg_stmt(int(coll.id), websearch_query(terms), k, where)
+                    else self._pg_stmt(cid, websearch_query(terms), k, where)
                 )
                 out.append([(int(v), float(sc)) for v, sc in conn.execute(stmt)])
         return out
@@ -337,6 +338,3 @@ _PG_TSV = (
     f"setweight(to_tsvector('{PG_CONFIG}', d.text), 'B')"
 )
 
-
-def _chunks(seq: Sequence[int], n: int = CHUNK) -> list[Sequence[int]]:
-    return [seq[i : i + n] for i in range(0, len(seq), n)]

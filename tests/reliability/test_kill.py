@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import semindex
-from semindex.storage.vectors import Manifest, load_index
+from semindex.storage.checkpoint import Manifest
+from semindex.storage.vectors import load_index
 from tests.conftest import fresh_pg_database
 from tests.reliability._util import DIM, child_env, count_rows, db_args, query_rows, vec
 from tests.support import REPO, run_cli, scifact_docs

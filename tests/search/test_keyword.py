@@ -113,7 +113,7 @@ def test_collections_do_not_share_words(store: Any) -> None:
 def test_rolled_back_batch_leaves_no_words(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     c = store.collection("rb")
     c.add([{"id": "1", "text": "kept words"}])
-    hook = store.storage.keyword
+    hook = store.keyword
     boom = RuntimeError("crash after the keyword update, before commit")
     original = hook.on_write
 

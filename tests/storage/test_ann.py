@@ -13,6 +13,7 @@ import pytest
 import semindex
 from semindex.storage import autoindex
 from semindex.storage import store as store_mod
+from semindex.storage.checkpoint import read_manifest
 from semindex.storage.vectors import IVFIndex, build_index, load_index
 
 DIM = 32
@@ -141,7 +142,7 @@ def test_tuned_params_reach_target_and_are_recorded(tmp_path: Path, spec: str) -
         assert rep["old"]["type"] == spec and rep["new"]["params"]["target_recall"] == 0.8
         assert rep["new"]["params"][knob] <= rep["old"]["params"][knob]
         assert coll.storage.target_recall == 0.8  # kept in collections.config for later rebuilds
-        manifest = store_mod.Manifest.read(coll.storage.manifest_path)
+        manifest = read_manifest(coll.storage.dir)
         assert manifest is not None and manifest.params[knob] == rep["new"]["params"][knob]
     with semindex.Store(tmp_path / "s") as store:  # applied at load
         assert store.get_collection("v").storage.index.params[knob] == rep["new"]["params"][knob]

@@ -1,0 +1,161 @@
+"""What a stored row is: the records passed between the store and its callers, and their encoding.
+
+A leaf module (no SQL, no FAISS) so the indexer, search and write hooks can name these
+types without importing the store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy.engine import Connection
+
+from ..errors import InvalidInputError, InvalidNameError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""Collection names: safe in a URL path, a file name and a SQL identifier suffix."""
+CHUNK = 500  # rows per IN (...) list: well under every driver's parameter limit
+
+
+def validate_collection_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise InvalidNameError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def chunked(seq: Sequence[Any], n: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def encode_embedding(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+
+
+def decode_embeddings(blobs: Sequence[bytes], dimension: int) -> np.ndarray:
+    if not blobs:
+        return np.empty((0, dimension), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimension).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CollectionRecord:
+    id: int
+    name: str
+    model: str | None
+    dimension: int
+    metric: str
+    normalize: bool
+    index_spec: str
+    version: int
+    config: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> CollectionRecord:
+        m = row._mapping
+        return cls(
+            id=int(m["id"]),
+            name=m["name"],
+            model=m["model"],
+            dimension=int(m["dimension"]),
+            metric=m["metric"],
+            normalize=bool(m["normalize"]),
+            index_spec=m["index_spec"],
+            version=int(m["version"]),
+            config=dict(m["config"] or {}),
+            created_at=m["created_at"],
+        )
+
+
+@dataclass
+class DocWrite:
+    """One row to upsert. ``embedding=None`` means 'content unchanged, update metadata only'."""
+
+    doc_id: str
+    text: str
+    title: str | None
+    metadata: dict[str, Any]
+    content_hash: str
+    embedding: np.ndarray | None
+
+
+@dataclass
+class StoredDoc:
+    vid: int
+    id: str
+    text: str
+    title: str | None
+    metadata: dict[str, Any]
+    content_hash: str
+
+
+@dataclass
+class WriteResult:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    version: int = 0
+    ids: list[str] = field(default_factory=list)
+
+
+class WriteHook(Protocol):
+    """Something derived from the rows that must change in the *same* transaction (e.g. a keyword index).
+
+    Hooks are passed to `Storage` by whoever composes the parts (``semindex.core``); the
+    store calls them inside each write transaction, after the rows are written, so a
+    rolled-back batch leaves the derived data untouched too.
+    """
+
+    def on_write(
+        self,
+        conn: Connection,
+        collection_id: int,
+        upserted: list[tuple[int, DocWrite]],
+        deleted_vids: list[int],
+    ) -> None: ...
+
+    def on_drop(self, conn: Connection, collection_id: int) -> None: ...
+
+
+def check_storable(doc: DocWrite) -> None:
+    """Values both backends store alike: no NUL characters (PostgreSQL text and jsonb refuse them)
+    and only finite numbers in metadata (NaN is not JSON: SQLite's json functions and jsonb reject it)."""
+
+    def bad(value: Any, depth: int = 0) -> str | None:
+        if isinstance(value, str):
+            return "a NUL character" if "\x00" in value else None
+        if isinstance(value, float):
+            return None if math.isfinite(value) else f"the number {value!r}"
+        if depth > 64:
+            return None
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                why = bad(str(k), depth + 1) or bad(v, depth + 1)
+                if why:
+                    return why
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                why = bad(v, depth + 1)
+                if why:
+                    return why
+        return None
+
+    for what, value in (("id", doc.doc_id), ("text", doc.text), ("title", doc.title), ("metadata", doc.metadata)):
+        why = bad(value)
+        if why:
+            raise InvalidInputError(f"document {doc.doc_id!r}: its {what} contains {why}, which cannot be stored")
