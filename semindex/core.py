@@ -32,7 +32,7 @@ from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --eng
 from .indexer.readers import Record
 from .search.searcher import Hit, check_k, vector_search
 from .search.searcher import search as run_search
-from .storage.store import CheckReport, CollectionRecord, CollectionStorage, Storage, StoredDoc
+from .storage import CheckReport, CollectionRecord, CollectionStorage, KeywordIndex, Storage, StoredDoc
 
 DEFAULT_STORE = "semindex-data"
 DEFAULT_COLLECTION = "default"
@@ -92,7 +92,12 @@ class Store:
     ) -> None:
         self.path = Path(path if path is not None else default_store_path())
         self.device = device
+        # The one place the storage parts are composed: the keyword index is a write hook of
+        # the SQL store (kept exact inside each write transaction) and is handed to search.
         self.storage = Storage(self.path, db_url=db_url or os.environ.get("SEMINDEX_DB_URL") or None)
+        self.keyword = KeywordIndex.open(self.storage.engine)
+        if self.keyword.supported:
+            self.storage.add_hook(self.keyword)
         self._open: dict[str, Collection] = {}
 
     def __enter__(self) -> Store:
@@ -405,6 +410,7 @@ class Collection:
             device=self.store.device,
             fusion=fusion,
             alpha=alpha,
+            keyword=self.store.keyword,
         )
 
     def search_vectors(

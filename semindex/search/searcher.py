@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError, InvalidInputError
 from ..indexer.encoder import Encoder
-from ..storage.store import CollectionStorage, StoredDoc
+from ..storage import CollectionStorage, KeywordIndex, StoredDoc
 from .hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS, check_convex, check_fusion, convex, rrf
 
 MAX_K = 1000
@@ -103,26 +103,34 @@ def check_mode(mode: str) -> str:
 
 
 def keyword_ranked(
-    storage: CollectionStorage, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+    keyword: KeywordIndex | None,
+    storage: CollectionStorage,
+    queries: Sequence[str],
+    k: int,
+    filter: Mapping[str, Any] | None = None,
 ) -> list[list[tuple[int, float]]]:
-    """(vid, -bm25 or ts_rank) per query, best first."""
-    kw = getattr(storage.storage, "keyword", None)
-    if kw is None or not kw.supported:
+    """(vid, -bm25 or ts_rank) per query, best first, from the store's keyword index."""
+    if keyword is None or not keyword.supported:
         raise ConfigError("keyword search needs a SQLite or PostgreSQL store")
-    storage._check_open()
-    return kw.search(storage, queries, k, filter)
+    storage.check_open()
+    return keyword.search(storage.id, queries, k, filter)
 
 
 def keyword_search(
-    storage: CollectionStorage, queries: Sequence[str], k: int, filter: Mapping[str, Any] | None = None
+    keyword: KeywordIndex | None,
+    storage: CollectionStorage,
+    queries: Sequence[str],
+    k: int,
+    filter: Mapping[str, Any] | None = None,
 ) -> list[list[Hit]]:
     queries = check_queries(queries)
     check_k(k)
-    ranked = keyword_ranked(storage, queries, k, filter)
+    ranked = keyword_ranked(keyword, storage, queries, k, filter)
     return _hits(storage, ranked)
 
 
 def hybrid_search(
+    keyword: KeywordIndex | None,
     storage: CollectionStorage,
     encoder: Encoder,
     queries: Sequence[str],
@@ -151,13 +159,13 @@ def hybrid_search(
         return []
     vecs = encoder.encode(queries, normalize=normalize)
     dense = storage.search(np.asarray(vecs, dtype=np.float32), n, filter)
-    keyword = keyword_ranked(storage, queries, n, filter)
+    lexical = keyword_ranked(keyword, storage, queries, n, filter)
     fused: list[list[tuple[int, float]]] = []
     docs: dict[int, StoredDoc] = {}
     for d_res in dense:
         for doc, _ in d_res:
             docs[doc.vid] = doc
-    for d_res, k_res in zip(dense, keyword):
+    for d_res, k_res in zip(dense, lexical):
         if fusion == "convex":
             fused.append(convex([[(doc.vid, float(sc)) for doc, sc in d_res], list(k_res)],
                                 weights=(a, 1.0 - a), limit=k))
@@ -185,8 +193,10 @@ def search(
     device: str | None = None,
     fusion: str = "rrf",
     alpha: float | None = None,
+    keyword: KeywordIndex | None = None,
 ) -> list[list[Hit]]:
-    """Every mode and the optional rerank behind one call. ``encoder`` is only called when vectors are needed."""
+    """Every mode and the optional rerank behind one call. ``encoder`` is only called when vectors are needed;
+    ``keyword`` is the store's keyword index (keyword and hybrid modes need it)."""
     check_mode(mode)
     check_convex(fusion, alpha)
     queries = check_queries(queries)
@@ -202,10 +212,10 @@ def search(
     if mode == "dense":
         hits = dense_search(storage, encoder(), queries, first_k, filter, normalize=normalize)
     elif mode == "keyword":
-        hits = keyword_search(storage, queries, first_k, filter)
+        hits = keyword_search(keyword, storage, queries, first_k, filter)
     else:
         hits = hybrid_search(
-            storage, encoder(), queries, first_k, filter, normalize=normalize,
+            keyword, storage, encoder(), queries, first_k, filter, normalize=normalize,
             weights=hybrid_weights, rrf_k=rrf_k, candidates=candidates, fusion=fusion, alpha=alpha,
         )
     if rerank is not None:
