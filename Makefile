@@ -30,3 +30,4 @@ test-fast: setup-dev
 
 lint: setup-dev
 	$(VENV)/bin/ruff check semindex tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache

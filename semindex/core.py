@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,55 @@ from .errors import (
     InvalidInputError,
     ModelMismatchError,
 )
+from .indexer.beir import load_split, read_queries
 from .indexer.encoder import Encoder, canonical_model_name, get_encoder
 from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
+from .indexer.readers import Record, detect_format, estimate_total, iter_records
 from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --engine ray (issue 12)
-from .indexer.readers import Record
-from .search.searcher import Hit, check_k, vector_search
+from .indexer.vector_files import VectorFile, load_query_vectors, open_vector_file
+from .search.evaluate import QUERY_BATCH, EvalResult, evaluate
+from .search.hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS
+from .search.searcher import DEFAULT_RERANK_TOP, MAX_K, Hit, check_k, vector_search
 from .search.searcher import search as run_search
 from .storage import CheckReport, CollectionRecord, CollectionStorage, KeywordIndex, Storage, StoredDoc
+from .storage.checkpoint import format_params
+from .storage.engine import store_exists
+from .storage.filters import parse_filter_json
+from .storage.records import NAME_RE
+
+# The CLI and the HTTP API import from this module only (the layering contract in
+# pyproject.toml checks it): what they need from the indexer, search and storage is
+# re-exported here, so those packages can move things around behind it.
+__all__ = [
+    "DEFAULT_COLLECTION",
+    "DEFAULT_RERANK_TOP",
+    "DEFAULT_RRF_K",
+    "DEFAULT_STORE",
+    "DEFAULT_WEIGHTS",
+    "MAX_K",
+    "NAME_RE",
+    "QUERY_BATCH",
+    "Collection",
+    "CollectionInfo",
+    "Document",
+    "EvalResult",
+    "Hit",
+    "IngestStats",
+    "Store",
+    "VectorFile",
+    "VectorImportStats",
+    "default_store_path",
+    "detect_format",
+    "estimate_total",
+    "evaluate",
+    "format_params",
+    "iter_records",
+    "load_query_vectors",
+    "load_split",
+    "open_vector_file",
+    "parse_filter",
+    "read_queries",
+]
 
 DEFAULT_STORE = "semindex-data"
 DEFAULT_COLLECTION = "default"
@@ -184,6 +227,80 @@ class Store:
     def get_collection(self, name: str) -> Collection:
         return self.collection(name, create=False)
 
+    @staticmethod
+    def exists(path: str | os.PathLike[str], *, db_url: str | None = None) -> bool:
+        """Whether ``path`` already holds a store, without creating one.
+
+        Commands that only read (search, info, check) ask first, so a mistyped ``--store``
+        is "no store at ..." instead of a new, empty store. With a database URL the
+        metadata lives in that database and only the index folder is looked for.
+        """
+        return store_exists(Path(path), db_url)
+
+    def has_collection(self, name: str) -> bool:
+        """Whether collection ``name`` exists; loads no model and creates nothing."""
+        return self.storage.get_record(name) is not None
+
+    def warm_up(self, *, default_model: bool = True) -> dict[str, int]:
+        """Load the models of every collection (and, with ``default_model``, the default one).
+
+        A server calls this before it accepts requests, so that no request pays for loading
+        a model. Returns each collection's document count, for the start-up log.
+        """
+        if default_model:
+            get_encoder(None, self.device)
+        counts: dict[str, int] = {}
+        for name in self.collection_names():
+            coll = self.get_collection(name)
+            if coll.model is not None:
+                coll.encoder  # noqa: B018 - loads and caches the model
+            counts[name] = coll.count()
+        return counts
+
+    def import_vectors(
+        self,
+        name: str,
+        source: VectorFile | str | os.PathLike[str],
+        *,
+        metric: str = "cosine",
+        index: str = "auto",
+        progress: Callable[[int], None] | None = None,
+        stats: VectorImportStats | None = None,
+        **open_options: Any,
+    ) -> VectorImportStats:
+        """Upsert precomputed vectors from a ``.npy`` or Parquet file into collection ``name``.
+
+        ``source`` is a path (opened with :func:`open_vector_file` and ``open_options``:
+        ``ids_file``, ``metadata_file``, ``id_column``, ``vector_column``, ``batch_size``)
+        or a :class:`VectorFile` already opened, which lets a caller reject a bad file
+        before the store exists. A missing collection is created vectors-only with the
+        file's dimension, ``metric`` and ``index``. Each batch is its own transaction:
+        ``stats`` (pass one in to read it after an error) counts the rows committed, and
+        ``progress`` is called with each batch's row count.
+        """
+        vf = source if isinstance(source, VectorFile) else open_vector_file(source, **open_options)
+        stats = stats if stats is not None else VectorImportStats(collection=name)
+        stats.dimension = vf.dimension
+        start = time.perf_counter()
+        if self.has_collection(name):
+            coll = self.get_collection(name)
+        else:
+            coll = self.create_collection(name, dimension=vf.dimension, metric=metric, index=index,
+                                          vectors_only=True)
+            stats.created = True
+        stats.index_before = coll.index_type
+        for ids, vecs, meta in vf.batches:
+            res = coll.add_embeddings(ids, vecs, metadata=meta)
+            stats.added += res.added
+            stats.updated += res.updated
+            stats.unchanged += res.unchanged
+            stats.rows += len(ids)
+            if progress is not None:
+                progress(len(ids))
+        stats.index_after = coll.index_type
+        stats.seconds = time.perf_counter() - start
+        return stats
+
     def _wrap(self, name: str) -> Collection:
         coll = self._open.get(name)
         if coll is None or coll.storage.closed:
@@ -248,6 +365,12 @@ class Collection:
             bytes_per_vector=round(self.storage.index.memory_bytes() / max(len(self.storage.index), 1), 1),
             index_device=getattr(self.storage.index, "device", "cpu"),
         )
+
+    @property
+    def index_type(self) -> str:
+        """The vector index in use now ("flat", "hnsw", a FAISS factory string...); with the
+        "auto" policy it changes as the collection grows."""
+        return self.storage.index.spec
 
     @property
     def encoder(self) -> Encoder:
@@ -357,9 +480,9 @@ class Collection:
         filter: Mapping[str, Any] | None = None,
         mode: str = "dense",
         rerank: str | None = None,
-        rerank_top: int = 50,
-        hybrid_weights: Sequence[float] = (1.0, 1.0),
-        rrf_k: float = 60,
+        rerank_top: int = DEFAULT_RERANK_TOP,
+        hybrid_weights: Sequence[float] = DEFAULT_WEIGHTS,
+        rrf_k: float = DEFAULT_RRF_K,
         candidates: int | None = None,
         fusion: str = "rrf",
         alpha: float | None = None,
@@ -386,9 +509,9 @@ class Collection:
         filter: Mapping[str, Any] | None = None,
         mode: str = "dense",
         rerank: str | None = None,
-        rerank_top: int = 50,
-        hybrid_weights: Sequence[float] = (1.0, 1.0),
-        rrf_k: float = 60,
+        rerank_top: int = DEFAULT_RERANK_TOP,
+        hybrid_weights: Sequence[float] = DEFAULT_WEIGHTS,
+        rrf_k: float = DEFAULT_RRF_K,
         candidates: int | None = None,
         fusion: str = "rrf",
         alpha: float | None = None,
@@ -466,6 +589,33 @@ class Collection:
             return {}
         vecs = self.storage.fetch_embeddings(np.asarray([d.vid for d in docs], dtype=np.int64))
         return {d.id: vecs[i] for i, d in enumerate(docs)}
+
+
+@dataclass
+class VectorImportStats:
+    """What :meth:`Store.import_vectors` did; the counts are of committed rows."""
+
+    collection: str
+    created: bool = False  # the collection was made for this import (vectors only)
+    rows: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    dimension: int = 0
+    seconds: float = 0.0
+    index_before: str = ""
+    index_after: str = ""  # differs from index_before when the auto policy moved on
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_filter(text: str) -> dict[str, Any]:
+    """A metadata filter from its JSON text (what ``--filter`` takes), checked like any filter.
+
+    Raises FilterError naming what is wrong, before any store is opened.
+    """
+    return parse_filter_json(text)
 
 
 def _doc(d: StoredDoc) -> Document:

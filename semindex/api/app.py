@@ -23,8 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..core import Store
-from ..errors import SemindexError, StorageError
-from ..indexer.encoder import get_encoder
+from ..errors import SemindexError, ShuttingDownError
 from .metrics import Metrics
 from .middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from .openai_compat import router as openai_router
@@ -53,9 +52,7 @@ _UNION_TAGS = frozenset({"text", "vector", "documents", "embeddings"})  # the Ta
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 
-class ShuttingDownError(StorageError):
-    code = "shutting_down"
-    http_status = 503
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ShuttingDownError", "WorkGate", "create_app"]
 
 
 class WorkGate:
@@ -131,12 +128,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _warm_up(store: Store) -> None:
     """Load every model the store's collections use (and the default) once, before serving."""
-    get_encoder(None, store.device)
-    for name in store.collection_names():
-        coll = store.get_collection(name)
-        if coll.model is not None:
-            coll.encoder  # noqa: B018 - loads and caches the model
-        log.info("collection %s: %d documents", name, coll.count())
+    for name, count in store.warm_up().items():
+        log.info("collection %s: %d documents", name, count)
 
 
 def create_app(

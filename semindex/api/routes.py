@@ -2,20 +2,21 @@
 
 Routes that touch the store are plain ``def``: FastAPI runs them in its thread
 pool, so encoding, vector search and SQL never block the event loop. Every one
-runs inside the app's WorkGate, which lets a shutdown wait for writes in flight.
+runs inside the app's WorkGate (the router's ``_gated`` dependency), which lets a
+shutdown wait for writes in flight.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from .. import __version__
-from ..core import Collection, CollectionInfo, Store
+from ..core import Collection, CollectionInfo, Hit, Store
 from ..errors import DocumentNotFoundError
-from ..search.searcher import Hit
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
     COLLECTION_NAME,
@@ -39,8 +40,19 @@ from .schemas import (
     VectorSearch,
 )
 
+
+def _gated(request: Request) -> Iterator[None]:
+    """Run the route inside the app's WorkGate: shutdown waits for it; once shutting down, 503.
+
+    ``scope="function"`` ends it when the route returns, before the response is sent, so a
+    slow client cannot hold up a shutdown.
+    """
+    with request.app.state.gate.enter():
+        yield
+
+
 health_router = APIRouter()
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(_gated, scope="function")])  # every route here touches the store
 
 CollectionName = Annotated[str, Path(description="Collection name.", pattern=COLLECTION_NAME)]
 DocId = Annotated[str, Path(description="Document id (may contain '/').", max_length=2000)]
@@ -85,8 +97,7 @@ async def health() -> Health:
 )
 def metrics(request: Request) -> Response:
     store = _store(request)
-    with request.app.state.gate.enter():
-        sizes = [(name, store.get_collection(name).count()) for name in store.collection_names()]
+    sizes = [(name, store.get_collection(name).count()) for name in store.collection_names()]
     return Response(_metrics(request).render(sizes), media_type=CONTENT_TYPE)
 
 
@@ -95,8 +106,7 @@ def metrics(request: Request) -> Response:
 
 @router.get("/collections", response_model=CollectionList, tags=["collections"])
 def list_collections(request: Request) -> CollectionList:
-    with request.app.state.gate.enter():
-        return CollectionList(collections=[_info(i) for i in _store(request).list_collections()])
+    return CollectionList(collections=[_info(i) for i in _store(request).list_collections()])
 
 
 @router.post(
@@ -104,23 +114,20 @@ def list_collections(request: Request) -> CollectionList:
 )
 def create_collection(request: Request, body: CollectionCreate) -> CollectionOut:
     """Create a collection with a model (default all-MiniLM-L6-v2), or a vectors-only one: a dimension and no model."""
-    with request.app.state.gate.enter():
-        coll = _store(request).create_collection(
-            body.name, model=body.model, dimension=body.dimension, metric=body.metric, index=body.index
-        )
-        return _info(coll.info())
+    coll = _store(request).create_collection(
+        body.name, model=body.model, dimension=body.dimension, metric=body.metric, index=body.index
+    )
+    return _info(coll.info())
 
 
 @router.get("/collections/{name}", response_model=CollectionOut, tags=["collections"])
 def get_collection(request: Request, name: CollectionName) -> CollectionOut:
-    with request.app.state.gate.enter():
-        return _info(_coll(request, name).info())
+    return _info(_coll(request, name).info())
 
 
 @router.delete("/collections/{name}", response_model=CollectionDeleted, tags=["collections"])
 def delete_collection(request: Request, name: CollectionName) -> CollectionDeleted:
-    with request.app.state.gate.enter():
-        _store(request).delete_collection(name)
+    _store(request).delete_collection(name)
     return CollectionDeleted(name=name, deleted=True)
 
 
@@ -138,18 +145,17 @@ def upsert_documents(
     An existing id is replaced; unchanged content is not re-encoded. The write is
     visible to searches once this response has returned.
     """
-    with request.app.state.gate.enter():
-        coll = _coll(request, name)
-        if isinstance(body, DocumentsUpsert):
-            docs = [d.model_dump(exclude_none=True) for d in body.documents]
-            stats = coll.add(docs, commit_every=len(docs))
-        else:
-            stats = coll.add_embeddings(
-                body.ids,
-                np.asarray(body.embeddings, dtype=np.float32),
-                metadata=body.metadata,
-                texts=body.texts,
-            )
+    coll = _coll(request, name)
+    if isinstance(body, DocumentsUpsert):
+        docs = [d.model_dump(exclude_none=True) for d in body.documents]
+        stats = coll.add(docs, commit_every=len(docs))
+    else:
+        stats = coll.add_embeddings(
+            body.ids,
+            np.asarray(body.embeddings, dtype=np.float32),
+            metadata=body.metadata,
+            texts=body.texts,
+        )
     _metrics(request).documents_indexed(name, stats.added + stats.updated)
     return UpsertResult(ids=stats.ids, added=stats.added, updated=stats.updated, unchanged=stats.unchanged)
 
@@ -162,24 +168,21 @@ def list_documents(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DocumentIds:
     """Document ids in insertion order, a page at a time."""
-    with request.app.state.gate.enter():
-        coll = _coll(request, name)
-        return DocumentIds(ids=coll.ids(offset=offset, limit=limit), offset=offset, count=coll.count())
+    coll = _coll(request, name)
+    return DocumentIds(ids=coll.ids(offset=offset, limit=limit), offset=offset, count=coll.count())
 
 
 @router.get("/collections/{name}/documents/{doc_id:path}", response_model=DocumentOut, tags=["documents"])
 def get_document(request: Request, name: CollectionName, doc_id: DocId) -> DocumentOut:
-    with request.app.state.gate.enter():
-        doc = _coll(request, name).get(doc_id)
+    doc = _coll(request, name).get(doc_id)
     return DocumentOut(id=doc.id, text=doc.text, title=doc.title, metadata=doc.metadata)
 
 
 @router.delete("/collections/{name}/documents/{doc_id:path}", response_model=DocumentDeleted, tags=["documents"])
 def delete_document(request: Request, name: CollectionName, doc_id: DocId) -> DocumentDeleted:
-    with request.app.state.gate.enter():
-        coll = _coll(request, name)
-        if coll.delete(doc_id) == 0:
-            raise DocumentNotFoundError(doc_id, name)
+    coll = _coll(request, name)
+    if coll.delete(doc_id) == 0:
+        raise DocumentNotFoundError(doc_id, name)
     return DocumentDeleted(id=doc_id, deleted=True)
 
 

@@ -13,55 +13,36 @@ from typing import Annotated, Any, Literal
 from fastapi import Body
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-MAX_K = 1000
+from ..core import MAX_K, NAME_RE
+from ..validation import json_value_problem, string_problem
+
 MAX_BATCH_DOCUMENTS = 10_000
 MAX_BATCH_QUERIES = 1024
 MAX_TEXT_CHARS = 1_000_000
 MAX_QUERY_CHARS = 100_000
-MAX_JSON_DEPTH = 32
 # Vector components beyond this would overflow float32 dot products into inf/NaN scores.
 MAX_ABS_COMPONENT = 1e9
-INT64 = 2**63
 # Model ids/paths: one path component at most (longer ones make the OS raise ENAMETOOLONG in the library).
 MAX_MODEL_CHARS = 255
 
-COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+COLLECTION_NAME = NAME_RE.pattern  # the store's own rule, so the schema and the store agree
 SearchMode = Literal["dense", "keyword", "hybrid"]
 NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
-NON_BLANK_TEXT = r"\S"
+NON_BLANK = r"\S"  # JSON Schema patterns search: "holds a non-space character"
 
 
 def check_json_value(value: Any, what: str) -> Any:
     """Reject JSON values the metadata store cannot hold: deep nesting, NaN, 64-bit overflow, lone surrogates."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        v, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise ValueError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
-        if isinstance(v, dict):
-            for key, item in v.items():
-                _check_str(key, what)
-                stack.append((item, depth + 1))
-        elif isinstance(v, list):
-            stack.extend((item, depth + 1) for item in v)
-        elif isinstance(v, bool) or v is None:
-            continue
-        elif isinstance(v, int):
-            if not -INT64 <= v < INT64:
-                raise ValueError(f"{what} holds an integer outside the 64-bit range")
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                raise ValueError(f"{what} holds NaN or infinity")
-        elif isinstance(v, str):
-            _check_str(v, what)
+    problem = json_value_problem(value, what)
+    if problem is not None:
+        raise ValueError(problem)  # pydantic turns it into a 422 naming the field
     return value
 
 
 def _check_str(s: str, what: str) -> None:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} holds a string that is not valid Unicode (lone surrogate)") from exc
+    problem = string_problem(s, what)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _check_text(s: str, what: str) -> str:
@@ -116,19 +97,21 @@ class CollectionCreate(_Model):
 
 
 class CollectionOut(BaseModel):
+    """``semindex.CollectionInfo`` over HTTP: the same fields (a test keeps them in step), all always set."""
+
     name: str
     count: int
     model: str | None
     dimension: int
     metric: str
-    index_type: str
+    index_type: str = Field(description="The index in use now (with the auto policy it changes as the collection grows).")
     bytes_on_disk: int
     index_bytes: int
     version: int
-    index_policy: str | None = Field(default=None, description="What the collection asked for: flat, auto, hnsw, ivf, ...")
-    index_params: dict[str, Any] = Field(default_factory=dict)
-    bytes_per_vector: float | None = None
-    index_device: str | None = None
+    index_policy: str = Field(description="What the collection asked for: auto, flat, hnsw, ivf, ivfpq or a FAISS factory string.")
+    index_params: dict[str, Any] = Field(description="Tuned parameters: nlist, nprobe, efSearch, k_factor, recall@10...")
+    bytes_per_vector: float
+    index_device: str
 
 
 class CollectionList(BaseModel):
@@ -145,7 +128,7 @@ class CollectionDeleted(BaseModel):
 
 class DocumentIn(_Model):
     id: str | None = Field(default=None, min_length=1, max_length=512, description="Derived from the content when omitted.")
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, pattern=NON_BLANK_TEXT)
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, pattern=NON_BLANK)
     title: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     metadata: dict[str, Any] | None = None
 
@@ -261,7 +244,6 @@ class _SearchCommon(_VectorCommon):
     )
 
 
-NON_BLANK = r"\S"  # JSON Schema patterns search: "holds a non-space character"
 QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NON_BLANK)]
 QueryVector = Annotated[list[float], Field(min_length=1, max_length=65536)]
 

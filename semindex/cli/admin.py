@@ -8,15 +8,8 @@ import click
 
 from ..errors import ConsistencyError
 from .app import cli, echo_json, open_store, store_options
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+from .format import human_bytes as _human
+from .format import params_suffix
 
 
 @cli.command("info")
@@ -42,13 +35,8 @@ def info_command(store_path: Path, db_url: str | None, collection: str, as_json:
             f"{_human(i.bytes_on_disk)} on disk"
         )
         policy = f"auto -> {i.index_type}" if i.index_policy == "auto" else i.index_type
-        shown = ", ".join(
-            f"{k}={i.index_params[k]}"
-            for k in ("nlist", "nprobe", "M", "efSearch", "pq_m", "k_factor", "recall@10")
-            if k in i.index_params
-        )
         click.echo(
-            f"  index: {policy}{f' ({shown})' if shown else ''}, {i.bytes_per_vector:.0f} bytes/vector, "
+            f"  index: {policy}{params_suffix(i.index_params)}, {i.bytes_per_vector:.0f} bytes/vector, "
             f"{_human(i.index_bytes)} total, search on {i.index_device}"
         )
 

@@ -8,11 +8,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..errors import SemindexError
+
+if TYPE_CHECKING:  # core is imported when a command runs, so that --help stays fast
+    from ..core import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +57,11 @@ def store_options(f: F) -> F:
     f = click.option(
         "--collection", "-c", default="default", show_default=True, help="Collection name."
     )(f)
+    return store_location_options(f)
+
+
+def store_location_options(f: F) -> F:
+    """--store / --db alone, for commands that choose the collection otherwise (eval, serve)."""
     f = click.option(
         "--db",
         "db_url",
@@ -73,11 +81,12 @@ def store_options(f: F) -> F:
     return f
 
 
-def open_store(store_path: Path, db_url: str | None, *, must_exist: bool, device: str | None = None) -> Any:
+def open_store(store_path: Path, db_url: str | None, *, must_exist: bool, device: str | None = None) -> Store:
+    """The store the options name; ``must_exist`` refuses to create one (for commands that only read)."""
     from ..core import Store
     from ..errors import NotFoundError
 
-    if must_exist and db_url is None and not (store_path / "semindex.db").exists():
+    if must_exist and db_url is None and not Store.exists(store_path):
         raise NotFoundError(f"no store at {store_path} (create one with: semindex index FILE --store {store_path})")
     return Store(store_path, db_url=db_url, device=device)
 

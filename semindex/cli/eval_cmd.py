@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInputError
-from .app import cli, echo_json, open_store
+from .app import cli, echo_json, open_store, store_location_options
 
 
 def default_collection_name(folder: Path) -> str:
@@ -22,10 +22,7 @@ def default_collection_name(folder: Path) -> str:
 
 @cli.command("eval")
 @click.argument("beir_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--store", "store_path", envvar="SEMINDEX_STORE", default="semindex-data", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Store folder. Env: SEMINDEX_STORE.")
-@click.option("--db", "db_url", envvar="SEMINDEX_DB_URL", default=None,
-              help="SQLAlchemy URL of the metadata database (default: SQLite inside --store).")
+@store_location_options
 @click.option("--collection", "-c", default=None,
               help="Collection to evaluate (default: the BEIR folder's name, e.g. scifact).")
 @click.option("--model", "-m", default=None, help="Model for indexing a missing collection (default: all-MiniLM-L6-v2).")
@@ -67,8 +64,7 @@ def eval_command(
       semindex eval data/scifact --store /tmp/evalstore
       semindex eval data/scifact --store /tmp/evalstore --mode hybrid --json
     """
-    from ..indexer.readers import detect_format, iter_records
-    from ..search.evaluate import evaluate, load_split
+    from ..core import detect_format, evaluate, iter_records, load_split
 
     if detect_format(beir_dir) != "beir":
         raise InvalidInputError(f"{beir_dir} is not a BEIR folder (no corpus.jsonl or corpus.jsonl.gz)")

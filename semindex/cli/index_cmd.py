@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import SemindexError
-from .app import cli, echo_json, open_store, stderr_is_tty, store_options
+from .app import cli, echo_json, open_store, store_options
+from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from ..core import IngestStats
 
 
-def _summary(stats: Any) -> str:
+def _summary(stats: IngestStats) -> str:
     return (
         f"added {stats.added}, updated {stats.updated}, unchanged {stats.unchanged}, "
         f"failed {stats.failed} in {stats.seconds:.1f} s ({stats.docs_per_s:.1f} docs/s)"
@@ -80,8 +84,7 @@ def index_command(
       semindex index notes/ --collection notes
       semindex index corpus.csv --id-field doc_id --text-field body --metadata-field author
     """
-    from ..indexer.pipeline import IngestStats
-    from ..indexer.readers import detect_format, estimate_total, iter_records
+    from ..core import IngestStats, detect_format, estimate_total, iter_records
 
     for src in sources:
         detect_format(src)  # reject a missing or unknown source before any work
@@ -97,7 +100,7 @@ def index_command(
     store = open_store(store_path, db_url, must_exist=False, device=device)
     try:
         coll = store.collection(collection, model=model)
-        progress_cm, advance = _progress(total)
+        progress_cm, advance = progress_bar(total, "indexing", rate_unit="docs")
         with progress_cm:
             try:
                 if engine == "ray" or resume or any(v is not None for v in (devices, ray_address, actors, gpus_per_actor)):
@@ -131,48 +134,3 @@ def index_command(
         click.echo(_summary(stats))
         for err in stats.errors:
             click.echo(f"skipped: {err}", err=True)
-
-
-class _NoProgress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress(total: int | None) -> tuple[Any, Any]:
-    """A rich progress bar (docs/s, ETA) on a terminal; nothing when stderr is not a tty."""
-    if not stderr_is_tty():
-        return _NoProgress(), None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("indexing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    task = progress.add_task("index", total=total, rate="")
-
-    def advance(n: int) -> None:
-        progress.advance(task, n)
-        speed = progress.tasks[0].speed
-        progress.update(task, rate=f"{speed:.1f} docs/s" if speed else "")
-
-    return progress, advance
-

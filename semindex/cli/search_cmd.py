@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import InvalidInputError
 from .app import cli, echo_json, open_store, store_options
 
-QUERY_BATCH = 256
+if TYPE_CHECKING:
+    from ..core import Collection, Hit
 
 
 def parse_filter_option(text: str | None) -> dict[str, Any] | None:
+    """--filter JSON, checked before any store is opened; errors name the option."""
     if text is None:
         return None
+    from ..core import parse_filter
     from ..errors import FilterError
-    from ..storage.filters import parse_filter_json
 
     try:
-        return parse_filter_json(text)
+        return parse_filter(text)
     except FilterError as exc:
         msg = str(exc)
         raise FilterError(msg if msg.startswith("--filter") else f"--filter: {msg}") from exc
@@ -101,8 +103,8 @@ def search_command(
         store.close()
 
 
-def _batch(coll: Any, path: Path, k: int, flt: dict[str, Any] | None, **search_opts: Any) -> None:
-    from ..indexer.readers import read_queries
+def _batch(coll: Collection, path: Path, k: int, flt: dict[str, Any] | None, **search_opts: Any) -> None:
+    from ..core import QUERY_BATCH, read_queries
 
     queries = read_queries(path)
     for lo in range(0, len(queries), QUERY_BATCH):
@@ -117,14 +119,9 @@ def _vector_batch(store_path: Path, db_url: str | None, collection: str, path: P
     """--query-vectors: the batch-search JSON lines, query_id = row number."""
     import numpy as np
 
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as exc:
-        raise InvalidInputError(f"{path}: not a readable .npy file: {exc}") from exc
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
-    if arr.ndim != 2:
-        raise InvalidInputError(f"{path}: expected a 2-d array of query vectors, got shape {arr.shape}")
+    from ..core import QUERY_BATCH, load_query_vectors
+
+    arr = load_query_vectors(path)
     store = open_store(store_path, db_url, must_exist=True)
     try:
         coll = store.get_collection(collection)
@@ -136,7 +133,7 @@ def _vector_batch(store_path: Path, db_url: str | None, collection: str, path: P
         store.close()
 
 
-def _table(hits: list[Any]) -> None:
+def _table(hits: list[Hit]) -> None:
     from rich.console import Console
     from rich.table import Table
 

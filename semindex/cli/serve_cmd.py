@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
-from .app import cli, open_store
+from .app import cli, open_store, store_location_options
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # same as semindex.api.DEFAULT_MAX_BODY_BYTES (not imported: keeps --help fast)
 
@@ -36,10 +38,7 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
 
 
 @cli.command("serve")
-@click.option("--store", "store_path", envvar="SEMINDEX_STORE", default="semindex-data", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Store folder. Env: SEMINDEX_STORE.")
-@click.option("--db", "db_url", envvar="SEMINDEX_DB_URL", default=None,
-              help="SQLAlchemy URL of the metadata database (default: SQLite inside --store). Env: SEMINDEX_DB_URL.")
+@store_location_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--api-key", envvar="SEMINDEX_API_KEY", default=None,
@@ -124,21 +123,31 @@ def serve_command(
     click.echo("semindex: shut down cleanly", err=True)
 
 
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _server(config: Any) -> Any:
     """A uvicorn.Server that exits normally (status 0) after a graceful shutdown on SIGTERM/SIGINT.
 
     Plain uvicorn re-raises the captured signal once it has shut down, which would
-    kill the process with that signal instead of returning.
+    kill the process with that signal instead of returning. ``capture_signals`` is the
+    documented hook for this; it is replaced whole (route the signals to uvicorn's public
+    ``handle_exit``, restore the old handlers after) rather than wrapped, so nothing here
+    depends on uvicorn's private attributes.
     """
     import uvicorn
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread():
+                yield  # signals can only be handled in the main thread
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in _HANDLED_SIGNALS}
+            try:
                 yield
-                captured = getattr(self, "_captured_signals", None)
-                if isinstance(captured, list):
-                    captured.clear()
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
 
     return Server(config)

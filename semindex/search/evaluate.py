@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..indexer.beir import load_split, qrels_path  # noqa: F401  (moved; importable here until the CLI uses core)
-
 QUERY_BATCH = 256  # queries encoded and searched per call, here and in `semindex search --queries`
 
 
