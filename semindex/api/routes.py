@@ -192,25 +192,23 @@ def delete_document(request: Request, name: CollectionName, doc_id: DocId) -> Do
 @router.post("/collections/{name}/search", response_model=SearchResponse, tags=["search"])
 def search(request: Request, name: CollectionName, body: SearchRequest) -> SearchResponse:
     """Top-k documents for a text ``query`` (or a query ``vector``); ``filter`` narrows the candidates first."""
-    with request.app.state.gate.enter():
-        coll = _coll(request, name)
-        if isinstance(body, VectorSearch):
-            hits = coll.search_vectors(np.asarray([body.vector], dtype=np.float32), body.k, filter=body.filter)[0]
-        else:
-            hits = coll.search(body.query, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank,
-                               fusion=body.fusion, alpha=body.alpha)
+    coll = _coll(request, name)
+    if isinstance(body, VectorSearch):
+        hits = coll.search_vectors(np.asarray([body.vector], dtype=np.float32), body.k, filter=body.filter)[0]
+    else:
+        hits = coll.search(body.query, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank,
+                           fusion=body.fusion, alpha=body.alpha)
     return _hits(hits)
 
 
 @router.post("/collections/{name}/search/batch", response_model=BatchSearchResponse, tags=["search"])
 def search_batch(request: Request, name: CollectionName, body: BatchSearchRequest) -> BatchSearchResponse:
     """Many queries in one call (encoded together): one result list per query, in order."""
-    with request.app.state.gate.enter():
-        coll = _coll(request, name)
-        results: list[list[Any]]
-        if isinstance(body, VectorBatchSearch):
-            results = coll.search_vectors(np.asarray(body.vectors, dtype=np.float32), body.k, filter=body.filter)
-        else:
-            results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode,
-                                        rerank=body.rerank, fusion=body.fusion, alpha=body.alpha)
+    coll = _coll(request, name)
+    results: list[list[Any]]
+    if isinstance(body, VectorBatchSearch):
+        results = coll.search_vectors(np.asarray(body.vectors, dtype=np.float32), body.k, filter=body.filter)
+    else:
+        results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode,
+                                    rerank=body.rerank, fusion=body.fusion, alpha=body.alpha)
     return BatchSearchResponse(results=[_hits(r) for r in results])
