@@ -352,3 +352,16 @@ def test_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delitem(sys.modules, "semindex.integrations.llamaindex")
     with pytest.raises(ImportError, match=r"pip install 'semindex\[llamaindex\]'"):
         import semindex.integrations.llamaindex  # noqa: F401
+
+
+def test_on_both_backends(store: semindex.Store) -> None:
+    vs = SemindexVectorStore("li", store=store)
+    vs.add(nodes())
+    assert ids_for(vs, MetadataFilters(filters=[ExactMatchFilter(key="rank", value="c")])) == [C, B]
+    assert ids_for(vs, doc_ids=["test-0"]) == [A]
+    text = vs.query(VectorStoreQuery(query_str="dolor", mode=VectorStoreQueryMode.TEXT_SEARCH, similarity_top_k=1))
+    assert text.ids == [B]
+    vs.delete("test-1")
+    assert sorted(n.node_id for n in vs.get_nodes()) == sorted([A, C])
+    vs.close()  # leaves the store (passed in) open
+    assert store.get_collection("li").count() == 2
