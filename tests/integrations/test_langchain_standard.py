@@ -54,3 +54,16 @@ class TestSemindexEmbeddings(EmbeddingsIntegrationTests):
     @property
     def embedding_model_params(self) -> dict[str, str]:
         return {"model": "hash:64"}
+
+
+@pytest.mark.slow
+class TestSemindexEmbeddingsRealModel(EmbeddingsIntegrationTests):
+    """The embeddings suite on the real default model (all-MiniLM-L6-v2)."""
+
+    @property
+    def embeddings_class(self) -> type[SemindexEmbeddings]:
+        return SemindexEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, str]:
+        return {}
