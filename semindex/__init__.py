@@ -28,8 +28,10 @@ from .errors import (
     SemindexError,
     StorageError,
 )
+from .finetuning import FinetuneResult, finetune
 from .indexer.encoder import DEFAULT_MODEL, Encoder, register_encoder, unregister_encoder
 from .indexer.pipeline import IngestStats
+from .reembedding import ReembedResult, reembed
 from .search.searcher import Hit
 from .storage import CheckReport
 
@@ -48,6 +50,7 @@ __all__ = [
     "DimensionMismatchError",
     "Document",
     "DocumentNotFoundError",
+    "FinetuneResult",
     "Encoder",
     "FilterError",
     "Hit",
@@ -57,11 +60,14 @@ __all__ = [
     "ModelMismatchError",
     "NotFoundError",
     "ReadError",
+    "ReembedResult",
     "SemindexError",
     "StorageError",
     "Store",
     "__version__",
     "embed",
+    "finetune",
+    "reembed",
     "register_encoder",
     "unregister_encoder",
 ]
