@@ -278,6 +278,12 @@ def test_chunk_offsets_pick_the_passage(page: Page) -> None:
     assert p.locator("#results .passage mark").all_text_contents() == ["Black", "holes"]
     assert f"chunk 3 · chars {start}–{end}" in p.locator("#results .chunk").inner_text()
 
+    # what semindex sends for a chunked document: the best chunk's text as the hit's text
+    hit["text"] = text[start:end]
+    page.search("black holes")
+    assert p.locator("#results .passage").inner_text() == "… " + text[start:end]
+    assert p.locator("#results .passage mark").all_text_contents() == ["Black", "holes"]
+
 
 def test_phone_width_is_readable(browser: Any, served: ServeProcess, shots: Path) -> None:
     pg = Page(browser, served, width=390, height=844)

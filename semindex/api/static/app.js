@@ -187,9 +187,10 @@
     if (chunks.length) {
       const best = chunks.reduce((a, b) => ((b.score ?? -Infinity) > (a.score ?? -Infinity) ? b : a));
       const inText = best.end <= text.length && best.start >= 0 && best.start < best.end;
-      const body = inText ? text.slice(best.start, best.end) : text; // else the hit's text is the chunk itself
+      // semindex sends the best chunk's text as the hit's text; a hit with the whole text is sliced.
+      const body = inText ? text.slice(best.start, best.end) : text;
       return {
-        text: body, before: inText && best.start > 0, after: inText && best.end < text.length,
+        text: body, before: best.start > 0, after: inText && best.end < text.length,
         label: "chunk " + (best.index ?? "?") + " · chars " + best.start + "–" + best.end,
       };
     }
