@@ -141,3 +141,12 @@ def test_served_models_are_a_server_option(tmp_path_factory: pytest.TempPathFact
             c.embeddings.create(model=MODEL, input="x")
     finally:
         assert srv.stop() == 0
+
+
+def test_langchain_openai_embeddings_client(served: ServeProcess, encoder: Any) -> None:
+    """LangChain's OpenAIEmbeddings against the server; it must send text, not its tiktoken ids."""
+    lc = pytest.importorskip("langchain_openai", reason="langchain-openai is in the dev extra")
+    emb = lc.OpenAIEmbeddings(model=MODEL, base_url=f"{served.base}/v1", api_key=KEY, max_retries=0,
+                              check_embedding_ctx_length=False)  # True would split with tiktoken (a download)
+    np.testing.assert_allclose(emb.embed_documents(TEXTS), semindex.embed(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(emb.embed_query(TEXTS[0]), semindex.embed(TEXTS[0]), atol=1e-5)
