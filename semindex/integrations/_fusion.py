@@ -8,6 +8,7 @@ vector) and keyword separately and fuse here, the same way semindex does.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,7 @@ def hybrid_hits(
                 fused[hit.id] = fused.get(hit.id, 0.0) + weight / (rrf_k + rank)
                 hits.setdefault(hit.id, hit)
     order = sorted(fused, key=lambda i: -fused[i])[:k]
-    return [Hit(id=i, score=fused[i], text=hits[i].text, metadata=hits[i].metadata, title=hits[i].title)
-            for i in order]
+    return [replace(hits[i], score=fused[i]) for i in order]  # keeps whatever else a hit carries (chunks...)
 
 
 def _minmax(scores: Sequence[float]) -> list[float]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -468,5 +469,4 @@ def _mmr(
         embedding_ids=[h.id for h in hits], mmr_threshold=threshold,
     )
     by_id = {h.id: h for h in hits}
-    return [Hit(id=i, score=float(s), text=by_id[i].text, metadata=by_id[i].metadata, title=by_id[i].title)
-            for s, i in zip(scores, chosen)]
+    return [replace(by_id[i], score=float(s)) for s, i in zip(scores, chosen)]
