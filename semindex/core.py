@@ -28,7 +28,9 @@ from .errors import (
     ModelMismatchError,
 )
 from .indexer.beir import load_split, read_queries
-from .indexer.encoder import Encoder, canonical_model_name, get_encoder
+from .indexer import backends
+from .indexer.backends import set_threads as set_model_threads
+from .indexer.encoder import Encoder, SentenceTransformerEncoder, canonical_model_name, get_encoder
 from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
 from .indexer.readers import Record, detect_format, estimate_total, iter_records
 from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --engine ray (issue 12)
@@ -75,6 +77,7 @@ __all__ = [
     "open_vector_file",
     "parse_filter",
     "read_queries",
+    "set_model_threads",
 ]
 
 DEFAULT_STORE = "semindex-data"
@@ -114,6 +117,8 @@ class CollectionInfo:
     index_params: dict[str, Any] = field(default_factory=dict)  # nlist, nprobe, efSearch, k_factor, recall@10...
     bytes_per_vector: float = 0.0  # index memory / vectors
     index_device: str = "cpu"
+    backend: str | None = None  # the inference backend that built its vectors (None: not recorded / no model)
+    precision: str | None = None  # fp32, bf16 or int8; vectors of another precision are refused
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -163,8 +168,14 @@ class Store:
         metric: str = "cosine",
         index: str = "auto",
         dimension: int | None = None,
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> Collection:
         """Open ``name``, creating it with ``model`` if missing (and ``create``).
+
+        ``backend`` (torch, onnx, openvino; default auto: openvino on CPU when installed) and
+        ``precision`` (fp32, bf16, int8) choose how the model runs; a new collection records
+        them, and opening one with another precision than it holds is a ConfigError.
 
         ``index`` (for a new collection): "auto" (flat while small, then HNSW, IVF, IVF-PQ as
         it grows; see the README), "flat", "hnsw", "ivf", "ivfpq" or a FAISS factory string.
@@ -177,11 +188,12 @@ class Store:
             if not create:
                 raise CollectionNotFoundError(name)
             try:
-                return self.create_collection(name, model=model, metric=metric, index=index, dimension=dimension)
+                return self.create_collection(name, model=model, metric=metric, index=index, dimension=dimension,
+                                              backend=backend, precision=precision)
             except CollectionExistsError:
                 # another process created it between our look-up and our insert: open theirs
                 return self.collection(name, model=model, create=False, metric=metric, index=index,
-                                       dimension=dimension)
+                                       dimension=dimension, backend=backend, precision=precision)
         if model is not None and record.model is not None and canonical_model_name(model) != record.model:
             raise ModelMismatchError(
                 f"collection {name!r} was built with model {record.model!r}; "
@@ -195,7 +207,10 @@ class Store:
             raise DimensionMismatchError(
                 f"collection {name!r} has dimension {record.dimension}, not {dimension}"
             )
-        return self._wrap(name)
+        coll = self._wrap(name)
+        if record.model is not None and (backend is not None or precision is not None):
+            coll.use_backend(backend, precision)
+        return coll
 
     def create_collection(
         self,
@@ -206,23 +221,35 @@ class Store:
         index: str = "auto",
         dimension: int | None = None,
         vectors_only: bool = False,
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> Collection:
-        """Create a collection. ``vectors_only`` (or a ``dimension`` without a model) is for bring-your-own vectors."""
+        """Create a collection. ``vectors_only`` (or a ``dimension`` without a model) is for bring-your-own vectors.
+
+        ``backend`` / ``precision``: how its model runs (see :meth:`collection`); recorded with it.
+        """
+        config: dict[str, Any] = {}
         if vectors_only or (dimension is not None and model is None):
             if dimension is None:
                 raise ConfigError("a vectors-only collection needs a dimension")
             model_name, dim, normalize = None, int(dimension), metric == "cosine"
         else:
-            enc = get_encoder(model, self.device)
+            enc = get_encoder(model, self.device, backend=backend, precision=precision)
             if dimension is not None and dimension != enc.dimension:
                 raise DimensionMismatchError(
                     f"model {enc.name!r} produces {enc.dimension}-d vectors, not {dimension}"
                 )
             model_name, dim, normalize = enc.name, enc.dimension, metric == "cosine"
+            if hasattr(enc, "precision") or isinstance(enc, SentenceTransformerEncoder):
+                config = {"backend": getattr(enc, "backend", "torch"), "precision": getattr(enc, "precision", "fp32")}
         self.storage.create_collection(
-            name, model=model_name, dimension=dim, metric=metric, normalize=normalize, index_spec=index
+            name, model=model_name, dimension=dim, metric=metric, normalize=normalize, index_spec=index,
+            config=config,
         )
-        return self._wrap(name)
+        coll = self._wrap(name)
+        if model_name is not None:
+            coll.use_backend(backend, precision)
+        return coll
 
     def get_collection(self, name: str) -> Collection:
         return self.collection(name, create=False)
@@ -325,6 +352,28 @@ class Collection:
     def __init__(self, store: Store, storage: CollectionStorage) -> None:
         self.store = store
         self.storage = storage
+        self._backend: str | None = None  # asked for by the caller; None: auto (see use_backend)
+        self._precision: str | None = None
+
+    @property
+    def backend(self) -> str | None:
+        """The inference backend that built this collection's vectors (None: not recorded, i.e. torch
+        for a model built before backends were recorded, or no model)."""
+        return self.record.config.get("backend")
+
+    @property
+    def precision(self) -> str | None:
+        """fp32, bf16 or int8 as recorded; vectors of another precision are refused."""
+        return self.record.config.get("precision")
+
+    def use_backend(self, backend: str | None = None, precision: str | None = None) -> None:
+        """Encode with ``backend`` / ``precision`` from now on; checked against what the collection holds.
+
+        An fp32 collection runs on any backend (their fp32 vectors agree); a bf16 or int8 one
+        only on the backend and precision that built it. A mismatch is a ConfigError.
+        """
+        backends.for_collection(self.name, self.record.config, backend, precision)
+        self._backend, self._precision = backend, precision
 
     # -- description -------------------------------------------------------
 
@@ -364,6 +413,8 @@ class Collection:
             index_params=dict(self.storage.index.params),
             bytes_per_vector=round(self.storage.index.memory_bytes() / max(len(self.storage.index), 1), 1),
             index_device=getattr(self.storage.index, "device", "cpu"),
+            backend=self.backend,
+            precision=self.precision,
         )
 
     @property
@@ -378,7 +429,8 @@ class Collection:
             raise InvalidInputError(
                 f"collection {self.name!r} holds precomputed vectors: add and search with vectors"
             )
-        return get_encoder(self.model, self.store.device)
+        backend, precision = backends.for_collection(self.name, self.record.config, self._backend, self._precision)
+        return get_encoder(self.model, self.store.device, backend=backend, precision=precision)
 
     def embed(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
         """The vectors this collection would store for ``texts`` (its model, its normalisation).

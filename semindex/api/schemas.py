@@ -112,6 +112,8 @@ class CollectionOut(BaseModel):
     index_params: dict[str, Any] = Field(description="Tuned parameters: nlist, nprobe, efSearch, k_factor, recall@10...")
     bytes_per_vector: float
     index_device: str
+    backend: str | None = Field(description="The inference backend that built its vectors (torch, onnx, openvino).")
+    precision: str | None = Field(description="fp32, bf16 or int8; vectors of another precision are refused.")
 
 
 class CollectionList(BaseModel):

@@ -9,6 +9,7 @@ import click
 
 from ..errors import SemindexError
 from .app import cli, echo_json, open_store, store_options
+from .backend_opts import apply_threads, backend_options
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def _summary(stats: IngestStats) -> str:
               help="Ray: GPUs per encoder actor (default: 1 when the cluster has GPUs, else 0).")
 @click.option("--resume", is_flag=True,
               help="Ray: continue the interrupted run of this same command (fails if there is none).")
+@backend_options
 def index_command(
     sources: tuple[Path, ...],
     store_path: Path,
@@ -72,6 +74,9 @@ def index_command(
     actors: int | None = None,
     gpus_per_actor: float | None = None,
     resume: bool = False,
+    backend: str | None = None,
+    precision: str | None = None,
+    torch_threads: int | None = None,
 ) -> None:
     """Index SOURCE files into a collection (upsert; unchanged documents are skipped).
 
@@ -97,9 +102,10 @@ def index_command(
         metadata_fields=metadata_fields,
     )
     stats = IngestStats()
+    apply_threads(torch_threads)
     store = open_store(store_path, db_url, must_exist=False, device=device)
     try:
-        coll = store.collection(collection, model=model)
+        coll = store.collection(collection, model=model, backend=backend, precision=precision)
         progress_cm, advance = progress_bar(total, "indexing", rate_unit="docs")
         with progress_cm:
             try:

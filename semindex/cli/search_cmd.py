@@ -9,6 +9,7 @@ import click
 
 from ..errors import InvalidInputError
 from .app import cli, echo_json, open_store, store_options
+from .backend_opts import apply_threads, backend_options
 
 if TYPE_CHECKING:
     from ..core import Collection, Hit
@@ -49,6 +50,7 @@ def parse_filter_option(text: str | None) -> dict[str, Any] | None:
               help="Hybrid fusion: reciprocal rank fusion, or alpha*dense + (1-alpha)*keyword on min-max scores.")
 @click.option("--alpha", default=None, type=click.FloatRange(0, 1),
               help="Dense share for --fusion convex (default: the value tuned on SciFact train).")
+@backend_options
 def search_command(
     query: str | None,
     store_path: Path,
@@ -64,6 +66,9 @@ def search_command(
     rerank_top: int,
     fusion: str,
     alpha: float | None,
+    backend: str | None,
+    precision: str | None,
+    torch_threads: int | None,
 ) -> None:
     """Search a collection for QUERY (or every query in --queries FILE).
 
@@ -84,9 +89,10 @@ def search_command(
         raise InvalidInputError("give either a QUERY or --queries FILE")
     if query is not None and not query.strip():
         raise InvalidInputError("QUERY is empty")
+    apply_threads(torch_threads)
     store = open_store(store_path, db_url, must_exist=True)
     try:
-        coll = store.get_collection(collection)
+        coll = store.collection(collection, create=False, backend=backend, precision=precision)
         if queries_file is not None:
             _batch(coll, queries_file, k, flt, mode=mode, rerank=rerank, rerank_top=rerank_top,
                    fusion=fusion, alpha=alpha)

@@ -15,6 +15,7 @@ import click
 
 from ..errors import ConfigError
 from .app import cli, open_store, store_location_options
+from .backend_opts import BACKEND_CHOICES, PRECISION_CHOICES, apply_threads, set_process_defaults
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # same as semindex.api.DEFAULT_MAX_BODY_BYTES (not imported: keeps --help fast)
 
@@ -50,6 +51,12 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
 @click.option("--torch-threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads per model call (default: torch's, one per core). 1 is often faster on a "
                    "machine whose cores are busy with other work.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default=None,
+              help="Inference backend for new collections and the embeddings endpoint: auto (default: openvino "
+                   "on CPU when installed), torch, onnx, openvino. Existing collections keep the precision they "
+                   "hold. Env: SEMINDEX_BACKEND.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+              help="fp32 (default), bf16 (openvino) or int8 (onnx), for new collections. Env: SEMINDEX_PRECISION.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log one line per request.")
@@ -66,6 +73,8 @@ def serve_command(
     max_body_bytes: int,
     device: str | None,
     torch_threads: int | None,
+    backend: str | None,
+    precision: str | None,
     log_level: str,
     access_log: bool,
     embed_models: tuple[str, ...],
@@ -90,10 +99,8 @@ def serve_command(
     api_key = api_key or None
     check_exposure(host, api_key, insecure)
     logging.getLogger("semindex").setLevel(log_level.upper())
-    if torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(torch_threads)
+    apply_threads(torch_threads)  # torch and the exported backends alike
+    set_process_defaults(backend, precision)
     store = open_store(store_path, db_url, must_exist=False, device=device)
     try:
         served = None

@@ -80,7 +80,7 @@ class _Registration:
 
 
 _registry: dict[str, _Registration] = {}
-_cache: dict[tuple[str, str], Encoder] = {}
+_cache: dict[tuple[str, ...], Encoder] = {}
 _cache_lock = threading.Lock()
 
 
@@ -184,6 +184,8 @@ def choose_device(device: str | None = None) -> str:
 class SentenceTransformerEncoder:
     """A loaded sentence-transformers model. Thread-safe for concurrent ``encode`` calls (one at a time)."""
 
+    one_batch_at_a_time = True  # the pipeline may call encode per model batch (progress per batch)
+
     def __init__(self, model: str | None = None, device: str | None = None) -> None:
         self.name = canonical_model_name(model)
         self.device = choose_device(device or os.environ.get("SEMINDEX_DEVICE"))
@@ -229,10 +231,27 @@ class SentenceTransformerEncoder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
-def get_encoder(model: str | None = None, device: str | None = None) -> Encoder:
-    """The process-wide encoder for (model, device), loaded on first use."""
+def get_encoder(
+    model: str | None = None,
+    device: str | None = None,
+    *,
+    backend: str | None = None,
+    precision: str | None = None,
+) -> Encoder:
+    """The process-wide encoder for (model, device, backend, precision), loaded on first use.
+
+    ``backend`` / ``precision``: see :mod:`semindex.indexer.backends` (None: auto / fp32).
+    Registered encoders (``hash:...``) ignore them.
+    """
     name = canonical_model_name(model)
-    key = (name, device or os.environ.get("SEMINDEX_DEVICE") or "auto")
+    key: tuple[str, ...] = (name, device or os.environ.get("SEMINDEX_DEVICE") or "auto")
+    auto = False
+    if _match(name) is None:
+        from . import backends
+
+        resolved = choose_device(device or os.environ.get("SEMINDEX_DEVICE"))
+        key = (*key, *backends.resolve(backend, precision, resolved))
+        auto = backends.requested_backend(backend) is None
     with _cache_lock:
         enc = _cache.get(key)
         if enc is None:
@@ -240,9 +259,23 @@ def get_encoder(model: str | None = None, device: str | None = None) -> Encoder:
             if prefix is not None:
                 enc = _registry[prefix].factory(name, device)
             else:
-                enc = SentenceTransformerEncoder(name, device)
+                enc = _load(name, device, key[2], key[3], auto=auto)
             _cache[key] = enc
         return enc
+
+
+def _load(name: str, device: str | None, backend: str, precision: str, *, auto: bool) -> Encoder:
+    if backend == "torch":
+        return SentenceTransformerEncoder(name, device)
+    from . import backends
+
+    try:
+        return backends.build_encoder(name, resolve_model_path(name), backend, precision)
+    except ConfigError as exc:
+        if not auto or precision != "fp32":
+            raise
+        log.warning("%s; using torch instead", exc)  # auto picked it: the torch encoder gives the same vectors
+        return SentenceTransformerEncoder(name, device)
 
 
 def _hash_encoder(name: str, device: str | None) -> Encoder:

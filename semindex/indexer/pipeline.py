@@ -9,6 +9,8 @@ content is recognised by its hash, never re-encoded).
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -200,7 +202,7 @@ def ingest(
     stats = stats if stats is not None else IngestStats()
     start = time.perf_counter()
     try:
-        for batch in batched(records, commit_every):
+        for batch in read_ahead(batched(records, commit_every)):
             good: list[Record] = []
             error: ReadError | None = None
             for item in batch:
@@ -218,10 +220,18 @@ def ingest(
                     continue
                 assert isinstance(item, Record)
                 good.append(item)
+            reported = 0
             if good:
-                _write_batch(good, storage, encoder, stats, batch_size=batch_size, normalize=normalize)
-            if progress is not None:
-                progress(len(batch))
+                def encoded(n: int) -> None:
+                    nonlocal reported
+                    reported += n
+                    if progress is not None:
+                        progress(n)
+
+                _write_batch(good, storage, encoder, stats, batch_size=batch_size, normalize=normalize,
+                             on_encoded=encoded)
+            if progress is not None and len(batch) > reported:
+                progress(len(batch) - reported)  # unchanged, failed and not-yet-reported records
             if error is not None:
                 stats.failed += 1
                 raise error
@@ -238,6 +248,7 @@ def _write_batch(
     *,
     batch_size: int,
     normalize: bool,
+    on_encoded: Callable[[int], None] | None = None,
 ) -> None:
     rows: list[DocWrite] = []
     for rec in recs:
@@ -259,14 +270,102 @@ def _write_batch(
     todo = [r for r in rows if known.get(r.doc_id, ("",))[0] != r.content_hash]
     # an id repeated inside the batch with different content must be encoded too
     if todo:
-        vecs = encoder.encode(
-            [embedding_input(r.text, r.title) for r in todo], batch_size=batch_size, normalize=normalize
-        )
+        inputs = [embedding_input(r.text, r.title) for r in todo]
+        vecs = _encode(encoder, inputs, list(range(len(todo) + 1)), batch_size=batch_size, normalize=normalize,
+                       on_encoded=on_encoded)
         for r, v in zip(todo, vecs):
             r.embedding = v
     res = storage.write(rows)
     stats.merge(res)
     stats.ids.extend(res.ids)
+
+
+def _encode(
+    encoder: Encoder,
+    inputs: list[str],
+    cuts: list[int],
+    *,
+    batch_size: int,
+    normalize: bool,
+    on_encoded: Callable[[int], None] | None,
+) -> np.ndarray:
+    """Vectors for ``inputs`` (document ``i`` owns ``inputs[cuts[i]:cuts[i+1]]``), in their order.
+
+    An encoder that runs one batch at a time gets one model batch per call, longest inputs
+    first across the whole commit batch (least padding), and ``on_encoded`` hears after each
+    batch how many more documents have all their inputs encoded: the progress bar moves per
+    model batch, not per commit. Any other encoder (one that spreads a call over several
+    workers) gets everything in one call.
+    """
+    if not getattr(encoder, "one_batch_at_a_time", False) or len(inputs) <= batch_size:
+        vecs = encoder.encode(inputs, batch_size=batch_size, normalize=normalize)
+        if on_encoded is not None:
+            on_encoded(len(cuts) - 1)
+        return vecs
+    owner = np.repeat(np.arange(len(cuts) - 1), np.diff(cuts))
+    left = np.diff(cuts).copy()
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    out: np.ndarray | None = None
+    for lo in range(0, len(order), batch_size):
+        part = order[lo : lo + batch_size]
+        vecs = encoder.encode([inputs[i] for i in part], batch_size=batch_size, normalize=normalize)
+        if out is None:
+            out = np.empty((len(inputs), vecs.shape[1]), dtype=vecs.dtype)
+        out[part] = vecs
+        docs = owner[part]
+        np.subtract.at(left, docs, 1)
+        if on_encoded is not None:
+            done = int(np.count_nonzero(left[np.unique(docs)] == 0))
+            if done:
+                on_encoded(done)
+    assert out is not None
+    return out
+
+
+_DONE = object()
+
+
+def read_ahead(batches: Iterator[list[Record | ReadError]], depth: int = 1) -> Iterator[list[Record | ReadError]]:
+    """``batches``, read by a producer thread up to ``depth`` batches ahead of the consumer.
+
+    Reading, decompressing and parsing the next commit batch then overlaps with encoding
+    the current one (the model and the tokenizer release the GIL). An exception in the
+    reader is raised in the consumer at the point it occurred; when the consumer stops
+    early (an error, Ctrl-C) the producer is told to stop at its next batch.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if not put(b):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="semindex-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def ingest_vectors(
