@@ -28,8 +28,9 @@ The shape, and why:
 * **Vector index.** The coordinator's collection applies every committed shard to its
   index as the local path does (flat / HNSW / IVF through the same code), and the normal
   checkpoint is written when the store closes, so ``check`` and ``serve`` see an ordinary
-  collection. :mod:`semindex.indexer.sharded_ivf` builds IVF indexes from shards in
-  parallel Ray tasks for collections too large to train on one machine.
+  collection. :mod:`semindex.indexer.sharded_ivf` builds an IVF index from shards in
+  parallel Ray tasks (train once, add per shard with global ids, merge); the store does not
+  install such an index as its checkpoint yet.
 
 Pitfalls handled by default (knobs in :class:`RayOptions`, documented in the README):
 the actor pool leaves one CPU free for the driver and Ray's own tasks; a local cluster gets
@@ -59,6 +60,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from ..errors import ConfigError, ReadError, SemindexError, StorageError
+from ..storage import schema as _schema
 
 log = logging.getLogger(__name__)
 
@@ -437,14 +439,11 @@ class ShardEncoder:
             self.before_shard = hook if callable(hook) else None
         gpu_ids = ray.get_gpu_ids()
         device = "cuda" if gpu_ids else "cpu"
-        if device == "cpu":
-            with contextlib.suppress(ImportError):
-                import torch
-
-                torch.set_num_threads(max(1, int(cpus)))
         from .encoder import get_encoder
 
         self.encoder = get_encoder(model, device)
+        if device == "cpu" and "torch" in sys.modules:  # a torch model: stay within the actor's CPUs
+            sys.modules["torch"].set_num_threads(max(1, int(cpus)))
         self.reader = reader
         self.known = ray.get(known[0]) if known else np.empty(0, dtype=np.int64)
         self.batch_size = batch_size
@@ -471,31 +470,11 @@ def _py(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------- runs in SQL
 
-_run_meta = sa.MetaData()
-runs_table = sa.Table(
-    "semindex_runs",
-    _run_meta,
-    sa.Column("run_id", sa.String(64), primary_key=True),
-    sa.Column("collection_id", sa.BigInteger, nullable=False),
-    sa.Column("plan_hash", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # running | done
-    sa.Column("shards", sa.Integer, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-)
-run_shards_table = sa.Table(
-    "semindex_run_shards",
-    _run_meta,
-    sa.Column("run_id", sa.String(64), primary_key=True),
-    sa.Column("shard", sa.Integer, primary_key=True),
-    sa.Column("rows", sa.Integer, nullable=False),
-    sa.Column("added", sa.Integer, nullable=False),
-    sa.Column("updated", sa.Integer, nullable=False),
-    sa.Column("unchanged", sa.Integer, nullable=False),
-    sa.Column("failed", sa.Integer, nullable=False),
-    sa.Column("checksum", sa.String(64), nullable=False),
-    sa.Column("committed_at", sa.DateTime(timezone=True), nullable=False),
-)
+# The run tables live with the rest of the schema (semindex/storage/schema.py), so every store
+# has them and dropping a collection drops its runs.
+
+runs_table = _schema.runs
+run_shards_table = _schema.run_shards
 
 
 def _now() -> datetime:
@@ -520,9 +499,7 @@ class _ShardCommitHook:
             self.pending = None
 
     def on_drop(self, conn: Any, collection_id: int) -> None:
-        rid = sa.select(runs_table.c.run_id).where(runs_table.c.collection_id == collection_id)
-        conn.execute(sa.delete(run_shards_table).where(run_shards_table.c.run_id.in_(rid)))
-        conn.execute(sa.delete(runs_table).where(runs_table.c.collection_id == collection_id))
+        """Nothing: the store drops a collection's runs itself."""
 
 
 # ---------------------------------------------------------------------------- the coordinator
@@ -696,7 +673,6 @@ def ray_index(
     timings: dict[str, float] = {}
     storage = coll.storage
     engine = storage.engine
-    _run_meta.create_all(engine, checkfirst=True)
     sources = [Path(s) for s in sources]
 
     base = _plan_hash(coll, sources, reader, opts)

@@ -85,3 +85,32 @@ changes = sa.Table(
     sa.Index("ix_changes_collection_version", "collection_id", "version"),
     sqlite_autoincrement=True,
 )
+
+# Bulk runs (`semindex index --engine ray`, semindex/indexer/ray_engine.py): one row per run, one
+# per committed shard. A shard's row is inserted inside the write transaction that commits the
+# shard's documents, and (run_id, shard) is the primary key, so a shard is committed exactly once.
+runs = sa.Table(
+    "semindex_runs",
+    metadata_obj,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("collection_id", sa.BigInteger, nullable=False),
+    sa.Column("plan_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # running | done
+    sa.Column("shards", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+run_shards = sa.Table(
+    "semindex_run_shards",
+    metadata_obj,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("shard", sa.Integer, primary_key=True),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("added", sa.Integer, nullable=False),
+    sa.Column("updated", sa.Integer, nullable=False),
+    sa.Column("unchanged", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Integer, nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("committed_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -192,6 +192,9 @@ class Storage:
                 for hook in self.hooks:
                     hook.on_drop(conn, record.id)
                 conn.execute(sa.delete(s.changes).where(s.changes.c.collection_id == record.id))
+                runs = sa.select(s.runs.c.run_id).where(s.runs.c.collection_id == record.id)
+                conn.execute(sa.delete(s.run_shards).where(s.run_shards.c.run_id.in_(runs)))
+                conn.execute(sa.delete(s.runs).where(s.runs.c.collection_id == record.id))
                 conn.execute(sa.delete(s.documents).where(s.documents.c.collection_id == record.id))
                 conn.execute(sa.delete(s.collections).where(s.collections.c.id == record.id))
             shutil.rmtree(self.index_root / f"c{record.id}", ignore_errors=True)

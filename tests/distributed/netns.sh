@@ -11,7 +11,7 @@ unset SEMINDEX_TEST_PG_URL
 pgdir=$(mktemp -d /tmp/semindex-ray-pg.XXXXXX)
 rmdir "$pgdir"
 if out=$(bash "$here/scripts/pg.sh" start "$pgdir" 2>/dev/null); then eval "$out"; started=1; else started=0; fi
-export SEMINDEX_NETNS=1 SEMINDEX_NETNS_REPORT="$report"
+export SEMINDEX_NETNS=1 SEMINDEX_NETNS_REPORT="$report" PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 "$here/.venv/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" "$@"
 rc=$?
 if [ "$started" = 1 ]; then bash "$here/scripts/pg.sh" stop "$pgdir" >/dev/null 2>&1; fi

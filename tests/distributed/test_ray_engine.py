@@ -43,14 +43,30 @@ def corpus(path: Path, n: int = 1800) -> Path:
 
 
 def rows(coll: Any) -> list[tuple[Any, ...]]:
-    """Every SQL row of the collection in vid order, embeddings as arrays (vid order = commit order)."""
+    """Every document row of the collection in vid order (= commit order), with its stored vector."""
     eng = coll.storage.engine
     with eng.connect() as conn:
         got = conn.execute(sa.text(
-            "SELECT doc_id, content_hash, title, text, metadata, embedding FROM documents "
+            "SELECT doc_id, content_hash, title, text, metadata FROM documents "
             "WHERE collection_id = :c ORDER BY vid"), {"c": coll.storage.id}).all()
-    return [(r[0], r[1], r[2], r[3], r[4] if isinstance(r[4], dict) else json.loads(r[4]),
-             np.frombuffer(r[5], dtype=np.float32)) for r in got]
+    vecs = stored_vectors(eng, coll.storage.id)
+    return [(r[0], r[1], r[2], r[3], r[4] if isinstance(r[4], dict) else json.loads(r[4]), vecs[r[0]])
+            for r in got]
+
+
+def stored_vectors(eng: Any, collection_id: int | None = None) -> dict[str, Any]:
+    """doc_id -> its stored vector, from SQL (documents.embedding, or the first chunk's where chunks exist)."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    where = "" if collection_id is None else f" WHERE d.collection_id = {int(collection_id)}"
+    with eng.connect() as conn:
+        if "chunks" in sa.inspect(conn).get_table_names():
+            q = ("SELECT d.doc_id, c.embedding FROM documents d JOIN chunks c ON c.doc_vid = d.vid"
+                 f"{where}{' AND' if where else ' WHERE'} c.ordinal = 0")
+        else:
+            q = f"SELECT d.doc_id, d.embedding FROM documents d{where}"
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in conn.execute(sa.text(q))}
 
 
 def assert_same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> None:
@@ -242,3 +258,16 @@ def test_unreachable_address_is_one_line(tmp_path: Path, ray_cluster: Any) -> No
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Ray cluster at 127.0.0.1:9")
     assert "Traceback" not in proc.stderr
+
+
+def test_sharded_ivf_build_in_ray_tasks(ray_cluster: Any) -> None:
+    from semindex.indexer.sharded_ivf import build_sharded, build_single
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(7, 5007, dtype=np.int64)
+    one = build_single(ids, x, "IVF50,Flat", sample=2500)
+    many = build_sharded(ids, x, "IVF50,Flat", parts=4, sample=2500, ray=ray_cluster)
+    one.index.nprobe = many.index.nprobe = 10
+    np.testing.assert_array_equal(one.index.search(x[:40], 10)[1], many.index.search(x[:40], 10)[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,14 +13,33 @@ from tests.support import SAMPLE, run_cli
 
 
 def _rows(store: Path) -> dict[str, tuple[str, str, object, np.ndarray]]:
-    """doc_id -> (content_hash, text, metadata, embedding) straight from SQL."""
-    eng = sa.create_engine(f"sqlite:///{store / 'semindex.db'}")
+    """doc_id -> (content_hash, text, metadata, stored vector), in commit (vid) order."""
+    import semindex
+
+    with semindex.Store(store) as s:
+        coll = s.get_collection("default")
+        eng = coll.storage.engine
+        with eng.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT doc_id, content_hash, text, metadata FROM documents ORDER BY vid")
+            ).all()
+        vecs = stored_vectors(eng)
+    return {r[0]: (r[1], r[2], r[3], vecs[r[0]]) for r in rows}
+
+
+def stored_vectors(eng: Any, collection_id: int | None = None) -> dict[str, Any]:
+    """doc_id -> its stored vector, from SQL (documents.embedding, or the first chunk's where chunks exist)."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    where = "" if collection_id is None else f" WHERE d.collection_id = {int(collection_id)}"
     with eng.connect() as conn:
-        rows = conn.execute(
-            sa.text("SELECT doc_id, content_hash, text, metadata, embedding FROM documents ORDER BY vid")
-        ).all()
-    eng.dispose()
-    return {r[0]: (r[1], r[2], r[3], np.frombuffer(r[4], dtype=np.float32)) for r in rows}
+        if "chunks" in sa.inspect(conn).get_table_names():
+            q = ("SELECT d.doc_id, c.embedding FROM documents d JOIN chunks c ON c.doc_vid = d.vid"
+                 f"{where}{' AND' if where else ' WHERE'} c.ordinal = 0")
+        else:
+            q = f"SELECT d.doc_id, d.embedding FROM documents d{where}"
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in conn.execute(sa.text(q))}
 
 
 def _same(a: dict[str, tuple[str, str, object, np.ndarray]], b: dict[str, tuple[str, str, object, np.ndarray]]) -> None:
