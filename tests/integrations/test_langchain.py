@@ -235,6 +235,13 @@ def test_mmr_skips_the_near_duplicate_without_re_embedding(vs: SemindexVectorSto
         vs.max_marginal_relevance_search("query", mode="keyword")
 
 
+def test_mmr_reads_each_documents_current_vector_after_upserts(vs: SemindexVectorStore) -> None:
+    """Re-writing a document gives its vector a new row; MMR must read that one, not a stale or missing one."""
+    vs.add_documents([Document(id="pie", page_content="tax law", metadata={})])  # another vector
+    vs.add_documents([DOCS[0]])  # and back
+    assert ids(vs.max_marginal_relevance_search("query", k=2, fetch_k=4)) == ["pie", "pear"]
+
+
 def test_mmr_with_the_collections_own_model(own: SemindexVectorStore) -> None:
     got = own.max_marginal_relevance_search("SQL database library", k=2, fetch_k=4)
     assert len(got) == 2 and got[0].id == "sqlite"
