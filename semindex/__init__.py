@@ -32,7 +32,8 @@ from .finetuning import FinetuneResult, finetune
 from .indexer.encoder import DEFAULT_MODEL, Encoder, register_encoder, unregister_encoder
 from .indexer.pipeline import IngestStats
 from .reembedding import ReembedResult, reembed
-from .search.searcher import Hit
+from .indexer.chunking import ChunkSpec
+from .search.searcher import ChunkHit, Hit
 from .storage import CheckReport
 
 __version__ = "0.1.0"
@@ -40,6 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL",
     "CheckReport",
+    "ChunkHit",
+    "ChunkSpec",
     "Collection",
     "CollectionExistsError",
     "CollectionInfo",

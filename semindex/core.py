@@ -27,13 +27,14 @@ from .errors import (
     InvalidInputError,
     ModelMismatchError,
 )
-from .indexer.beir import load_split, read_queries
 from .indexer import backends
 from .indexer.backends import set_threads as set_model_threads
+from .indexer.beir import load_split, read_queries
+from .indexer.chunking import Chunker, ChunkSpec, chunker_for
 from .indexer.encoder import Encoder, SentenceTransformerEncoder, canonical_model_name, get_encoder
 from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
-from .indexer.readers import Record, detect_format, estimate_total, iter_records
 from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --engine ray (issue 12)
+from .indexer.readers import Record, detect_format, estimate_total, iter_records
 from .indexer.vector_files import VectorFile, load_query_vectors, open_vector_file
 from .search.evaluate import QUERY_BATCH, EvalResult, evaluate
 from .search.hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS
@@ -119,6 +120,8 @@ class CollectionInfo:
     index_device: str = "cpu"
     backend: str | None = None  # the inference backend that built its vectors (None: not recorded / no model)
     precision: str | None = None  # fp32, bf16 or int8; vectors of another precision are refused
+    chunks: int = 0  # chunks (= vectors) held: more than ``count`` when long documents were split
+    chunking: dict[str, Any] | None = None  # {"enabled", "size", "overlap"}; None for vectors-only collections
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -170,8 +173,13 @@ class Store:
         dimension: int | None = None,
         backend: str | None = None,
         precision: str | None = None,
+        chunking: ChunkSpec | bool | None = None,
     ) -> Collection:
         """Open ``name``, creating it with ``model`` if missing (and ``create``).
+
+        ``chunking`` (for a new collection): documents longer than the model's window are
+        split into chunks that fit (the default: nothing past the window is lost); ``False``
+        truncates them as the model does; a :class:`ChunkSpec` sets the size and overlap.
 
         ``backend`` (torch, onnx, openvino; default auto: openvino on CPU when installed) and
         ``precision`` (fp32, bf16, int8) choose how the model runs; a new collection records
@@ -189,7 +197,7 @@ class Store:
                 raise CollectionNotFoundError(name)
             try:
                 return self.create_collection(name, model=model, metric=metric, index=index, dimension=dimension,
-                                              backend=backend, precision=precision)
+                                              backend=backend, precision=precision, chunking=chunking)
             except CollectionExistsError:
                 # another process created it between our look-up and our insert: open theirs
                 return self.collection(name, model=model, create=False, metric=metric, index=index,
@@ -223,6 +231,7 @@ class Store:
         vectors_only: bool = False,
         backend: str | None = None,
         precision: str | None = None,
+        chunking: ChunkSpec | bool | None = None,
     ) -> Collection:
         """Create a collection. ``vectors_only`` (or a ``dimension`` without a model) is for bring-your-own vectors.
 
@@ -242,6 +251,9 @@ class Store:
             model_name, dim, normalize = enc.name, enc.dimension, metric == "cosine"
             if hasattr(enc, "precision") or isinstance(enc, SentenceTransformerEncoder):
                 config = {"backend": getattr(enc, "backend", "torch"), "precision": getattr(enc, "precision", "fp32")}
+            spec = chunking if isinstance(chunking, ChunkSpec) else ChunkSpec(enabled=chunking is not False)
+            chunker_for(enc, spec)  # a size or overlap the model cannot take fails before anything is created
+            config["chunking"] = spec.as_config()
         self.storage.create_collection(
             name, model=model_name, dimension=dim, metric=metric, normalize=normalize, index_spec=index,
             config=config,
@@ -415,6 +427,8 @@ class Collection:
             index_device=getattr(self.storage.index, "device", "cpu"),
             backend=self.backend,
             precision=self.precision,
+            chunks=self.storage.chunk_count(),
+            chunking=self.chunking.as_config() if self.model is not None else None,
         )
 
     @property
@@ -431,6 +445,19 @@ class Collection:
             )
         backend, precision = backends.for_collection(self.name, self.record.config, self._backend, self._precision)
         return get_encoder(self.model, self.store.device, backend=backend, precision=precision)
+
+    @property
+    def chunking(self) -> ChunkSpec:
+        """How this collection splits long documents (collections made before chunking existed: off)."""
+        return ChunkSpec.from_config(self.record.config.get("chunking"))
+
+    @property
+    def chunker(self) -> Chunker:
+        return chunker_for(self.encoder, self.chunking)
+
+    def chunk_count(self) -> int:
+        """Chunks (vectors) held: equal to :meth:`count` unless some documents were split."""
+        return self.storage.chunk_count()
 
     def embed(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
         """The vectors this collection would store for ``texts`` (its model, its normalisation).
@@ -467,12 +494,14 @@ class Collection:
             batch_size=batch_size,
             on_error=on_error,
             normalize=self.record.normalize,
+            chunker=self.chunker,
         )
 
     upsert = add
 
     def add_records(self, records: Iterable[Any], **kwargs: Any) -> IngestStats:
         """Reader output (Records and ReadErrors) straight into the pipeline; what the CLI uses."""
+        kwargs.setdefault("chunker", self.chunker)
         return ingest(records, self.storage, self.encoder, normalize=self.record.normalize, **kwargs)
 
     def add_embeddings(
@@ -538,6 +567,12 @@ class Collection:
         candidates: int | None = None,
         fusion: str = "rrf",
         alpha: float | None = None,
+        level: str = "document",
+        score_threshold: float | None = None,
+        mmr: bool = False,
+        lambda_mult: float = 0.5,
+        fetch_k: int | None = None,
+        context_chunks: int = 0,
     ) -> list[Hit]:
         """Top-k documents for ``query``; ``filter`` narrows the candidates before ranking.
 
@@ -547,10 +582,19 @@ class Collection:
         cross-encoder model id or path that re-scores the top ``rerank_top``; the hits then
         carry its scores. ``fusion="convex"`` fuses hybrid's two lists by
         ``alpha * dense + (1 - alpha) * keyword`` on per-query min-max normalised scores instead.
+
+        Long documents are searched chunk by chunk and returned once each (scored by their best
+        chunk), with ``hit.chunks`` (offsets of the matching chunks) and ``hit.text`` the best
+        chunk's passage; ``level="chunk"`` returns chunks instead. ``mmr`` re-selects the k hits
+        from the top ``fetch_k`` (default 20) by maximal marginal relevance (``lambda_mult``:
+        1 = relevance only); ``score_threshold`` drops hits scoring below it;
+        ``context_chunks=n`` adds the best chunk with n neighbours each side as ``hit.context``.
         """
         return self.search_batch(
             [query], k, filter=filter, mode=mode, rerank=rerank, rerank_top=rerank_top,
             hybrid_weights=hybrid_weights, rrf_k=rrf_k, candidates=candidates, fusion=fusion, alpha=alpha,
+            level=level, score_threshold=score_threshold, mmr=mmr, lambda_mult=lambda_mult, fetch_k=fetch_k,
+            context_chunks=context_chunks,
         )[0]
 
     def search_batch(
@@ -567,6 +611,12 @@ class Collection:
         candidates: int | None = None,
         fusion: str = "rrf",
         alpha: float | None = None,
+        level: str = "document",
+        score_threshold: float | None = None,
+        mmr: bool = False,
+        lambda_mult: float = 0.5,
+        fetch_k: int | None = None,
+        context_chunks: int = 0,
     ) -> list[list[Hit]]:
         """:meth:`search` for many queries at once (encoded in one batch)."""
         return run_search(
@@ -586,6 +636,12 @@ class Collection:
             fusion=fusion,
             alpha=alpha,
             keyword=self.store.keyword,
+            level=level,
+            score_threshold=score_threshold,
+            mmr=mmr,
+            lambda_mult=lambda_mult,
+            fetch_k=fetch_k,
+            context_chunks=context_chunks,
         )
 
     def search_vectors(
@@ -635,12 +691,16 @@ class Collection:
 
         Ids that do not exist are left out. What a client-side step such as the adapters'
         MMR needs without re-encoding texts (an adapter's embedding may be a paid API).
+        Vectors live on chunk rows: a document's is its first chunk's (its only one unless
+        the collection chunks it; vectors-only collections never do).
         """
         docs = self.storage.get([str(i) for i in ids])
         if not docs:
             return {}
-        vecs = self.storage.fetch_embeddings(np.asarray([d.vid for d in docs], dtype=np.int64))
-        return {d.id: vecs[i] for i, d in enumerate(docs)}
+        spans = self.storage.rows.spans([d.vid for d in docs])  # doc vid -> [(chunk id, start, end)], in order
+        first = [(d.id, spans[d.vid][0][0]) for d in docs if spans.get(d.vid)]
+        vecs = self.storage.fetch_embeddings(np.asarray([cid for _, cid in first], dtype=np.int64))
+        return {doc_id: vecs[i] for i, (doc_id, _) in enumerate(first)}
 
 
 @dataclass
@@ -672,6 +732,7 @@ def parse_filter(text: str) -> dict[str, Any]:
 
 def _doc(d: StoredDoc) -> Document:
     return Document(id=d.id, text=d.text, metadata=d.metadata, title=d.title)
+
 
 # -- embeddings without a store: semindex.embed and what the OpenAI-compatible endpoint needs --------
 

@@ -114,6 +114,10 @@ class CollectionOut(BaseModel):
     index_device: str
     backend: str | None = Field(description="The inference backend that built its vectors (torch, onnx, openvino).")
     precision: str | None = Field(description="fp32, bf16 or int8; vectors of another precision are refused.")
+    chunks: int = Field(description="Chunks (vectors) held: more than count when long documents were split.")
+    chunking: dict[str, Any] | None = Field(
+        description="How long documents are split: {enabled, size, overlap} in tokens; null for vectors-only."
+    )
 
 
 class CollectionList(BaseModel):

@@ -32,6 +32,9 @@ PREFIX = "hash"
 DEFAULT_DIMENSION = 384
 MAX_DIMENSION = 4096
 _WORD = re.compile(r"\w+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")  # = semindex.indexer.chunking.word_offsets' tokens
+WINDOW = 256
 # Words that carry no topic: left out so that long texts do not win on "the" and "in".
 STOPWORDS = frozenset(
     "a an and are as at be but by can do does for from has have how i in into is it its of on or "
@@ -99,11 +102,19 @@ class HashEncoder:
 
     @property
     def max_seq_length(self) -> int:
-        """No tokenizer and no truncation: every word counts."""
-        return 1 << 30
+        """A window like a real model's (256 tokens plus 2 special ones), so chunking and truncation
+        behave as they do with the default model. Tokens are words and punctuation marks
+        (``semindex.indexer.chunking.word_offsets``, what the chunker counts for this encoder)."""
+        return WINDOW + 2
 
     def embed_one(self, text: str) -> np.ndarray:
-        """The unnormalised sum of the text's word vectors (the whole string's when it has no words)."""
+        """The unnormalised sum of the text's word vectors (the whole string's when it has no words),
+        over the first WINDOW tokens only: what the model does not see does not count."""
+        spans = _TOKEN.finditer(text)
+        for i, m in enumerate(spans):
+            if i == WINDOW - 1:
+                text = text[: m.end()]
+                break
         tokens = terms(text) or [text]
         out = np.zeros(self.dimension, dtype=np.float32)
         for tok in tokens:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, ReadError
 from ..storage import CollectionStorage, DocWrite, WriteResult
+from .chunking import Chunker
 from .encoder import Encoder
 from .readers import Record
 
@@ -52,6 +53,8 @@ class IngestStats:
     unchanged: int = 0
     failed: int = 0
     deleted: int = 0
+    chunks: int = 0  # chunks encoded (a document too long for the model's window has several)
+    truncated: int = 0  # documents the model cut at its window (only when chunking is off)
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
@@ -76,6 +79,8 @@ class IngestStats:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "failed": self.failed,
+            "chunks": self.chunks,
+            "truncated": self.truncated,
             "seconds": round(self.seconds, 3),
             "docs_per_s": round(self.docs_per_s, 1),
         }
@@ -192,6 +197,7 @@ def ingest(
     normalize: bool = True,
     progress: Callable[[int], None] | None = None,
     stats: IngestStats | None = None,
+    chunker: Chunker | None = None,
 ) -> IngestStats:
     """Index ``records`` into ``storage``; returns counts. Raises the first bad record with on_error='fail'.
 
@@ -229,7 +235,7 @@ def ingest(
                         progress(n)
 
                 _write_batch(good, storage, encoder, stats, batch_size=batch_size, normalize=normalize,
-                             on_encoded=encoded)
+                             chunker=chunker, on_encoded=encoded)
             if progress is not None and len(batch) > reported:
                 progress(len(batch) - reported)  # unchanged, failed and not-yet-reported records
             if error is not None:
@@ -248,6 +254,7 @@ def _write_batch(
     *,
     batch_size: int,
     normalize: bool,
+    chunker: Chunker | None = None,
     on_encoded: Callable[[int], None] | None = None,
 ) -> None:
     rows: list[DocWrite] = []
@@ -270,11 +277,19 @@ def _write_batch(
     todo = [r for r in rows if known.get(r.doc_id, ("",))[0] != r.content_hash]
     # an id repeated inside the batch with different content must be encoded too
     if todo:
-        inputs = [embedding_input(r.text, r.title) for r in todo]
-        vecs = _encode(encoder, inputs, list(range(len(todo) + 1)), batch_size=batch_size, normalize=normalize,
-                       on_encoded=on_encoded)
-        for r, v in zip(todo, vecs):
-            r.embedding = v
+        inputs: list[str] = []
+        cuts: list[int] = [0]
+        for r in todo:
+            spans = chunker.spans(r.text, r.title) if chunker is not None else [(0, len(r.text))]
+            if chunker is not None and not chunker.spec.enabled and chunker.truncates(r.text, r.title):
+                stats.truncated += 1
+            r.spans = spans
+            inputs += [embedding_input(r.text[s:e], r.title) for s, e in spans]
+            cuts.append(len(inputs))
+        vecs = _encode(encoder, inputs, cuts, batch_size=batch_size, normalize=normalize, on_encoded=on_encoded)
+        for i, r in enumerate(todo):
+            r.embedding = vecs[cuts[i] : cuts[i + 1]]
+        stats.chunks += len(inputs)
     res = storage.write(rows)
     stats.merge(res)
     stats.ids.extend(res.ids)

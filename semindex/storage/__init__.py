@@ -5,7 +5,8 @@ The modules, each with one job:
 * ``engine``     - database engine, SQLite pragmas, schema creation;
 * ``schema``     - the SQLAlchemy tables;
 * ``records``    - the row types passed in and out, their byte encoding, the WriteHook protocol;
-* ``rows``       - read queries over one collection's rows;
+* ``rows``       - read queries over one collection's rows (documents and chunks);
+* ``writes``     - the rows one write transaction changes; ``migrate`` - upgrading older stores;
 * ``store``      - `Storage` / `CollectionStorage`: writes, replay, search, reindex;
 * ``vectors/``   - the FAISS index families behind one interface;
 * ``autoindex``  - index choice by size and memory budget, training, recall tuning;
@@ -26,6 +27,7 @@ from .filters import parse_filter_json
 from .keyword import KeywordIndex
 from .records import (
     NAME_RE,
+    ChunkRef,
     CollectionRecord,
     DocWrite,
     StoredDoc,
@@ -38,6 +40,7 @@ from .store import CollectionStorage, Storage
 __all__ = [
     "NAME_RE",
     "CheckReport",
+    "ChunkRef",
     "CollectionRecord",
     "CollectionStorage",
     "DocWrite",

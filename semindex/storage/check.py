@@ -24,8 +24,9 @@ VECTOR_ATOL = 1e-4  # float32 round trips through FAISS are exact; this only abs
 @dataclass
 class CheckReport:
     collection: str
-    rows: int
+    rows: int  # documents
     vectors: int
+    chunks: int = -1  # chunk rows in SQL (a document has one or more); -1 where not counted
     missing_in_index: list[str] = field(default_factory=list)
     extra_in_index: list[int] = field(default_factory=list)
     bad_embeddings: list[str] = field(default_factory=list)
@@ -47,14 +48,14 @@ class CheckReport:
             return (
                 f"{self.collection}: ok ({self.rows} documents, {self.vectors} vectors, "
                 f"checkpoint {self.checkpoint})"
-            )
+            )  # vectors == chunks when ok; documents < vectors only for chunked documents
         parts = []
         if self.missing_in_index:
-            parts.append(f"{len(self.missing_in_index)} rows without a vector (e.g. {self.missing_in_index[:3]})")
+            parts.append(f"{len(self.missing_in_index)} documents with a chunk without a vector (e.g. {self.missing_in_index[:3]})")
         if self.extra_in_index:
             parts.append(f"{len(self.extra_in_index)} vectors without a row (e.g. {self.extra_in_index[:3]})")
         if self.bad_embeddings:
-            parts.append(f"{len(self.bad_embeddings)} rows with a malformed embedding (e.g. {self.bad_embeddings[:3]})")
+            parts.append(f"{len(self.bad_embeddings)} documents with a malformed chunk embedding (e.g. {self.bad_embeddings[:3]})")
         if self.mismatched_vectors:
             parts.append(
                 f"{len(self.mismatched_vectors)} index vectors differ from SQL (e.g. {self.mismatched_vectors[:3]})"

@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ConfigError, StorageError
+from . import migrate
 from . import schema as s
 from .failures import storage_error
 
@@ -113,6 +114,7 @@ def _create_schema(engine: Engine) -> str:
             if engine.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
             s.metadata_obj.create_all(conn, checkfirst=True)
+            migrate.upgrade(conn)
             return _store_id(conn)
 
 

@@ -7,7 +7,7 @@ old ones, and a rolled-back batch leaves nothing behind.
 
 * **SQLite**: one FTS5 table per collection, ``semindex_fts_c<id>(title, text)``
   with ``tokenize='porter unicode61 remove_diacritics 2'`` and
-  ``rowid = documents.vid``. A table per collection keeps BM25's corpus
+  ``rowid = chunks.id`` (one row per chunk: a long document is several). A table per collection keeps BM25's corpus
   statistics (document frequencies, average length) per collection, so
   several datasets in one store do not skew each other. It is a regular
   (not contentless) FTS5 table so a row can be deleted by rowid alone
@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import ConfigError
 from . import schema as s
 from .filters import compile_filter
-from .records import DocWrite, chunked
+from .records import chunked
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class KeywordIndex:
             raise
         n = conn.exec_driver_sql(
             f"INSERT INTO {name} (rowid, title, text) "
-            "SELECT vid, coalesce(title, ''), text FROM documents WHERE collection_id = ?",
+            f"SELECT c.id, coalesce(d.title, ''), {_CHUNK_TEXT} FROM {_CHUNKS_JOIN} WHERE c.collection_id = ?",
             (cid,),
         ).rowcount
         if n:
@@ -188,7 +188,7 @@ class KeywordIndex:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_DDL_LOCK_KEY})
             conn.execute(sa.text(
                 f"CREATE TABLE IF NOT EXISTS {PG_TABLE} ("
-                " vid BIGINT PRIMARY KEY REFERENCES documents(vid) ON DELETE CASCADE,"
+                " vid BIGINT PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,"
                 " collection_id BIGINT NOT NULL,"
                 " tsv tsvector NOT NULL)"
             ))
@@ -202,8 +202,8 @@ class KeywordIndex:
             if done is None:
                 conn.execute(sa.text(
                     f"INSERT INTO {PG_TABLE} (vid, collection_id, tsv) "
-                    f"SELECT d.vid, d.collection_id, {_PG_TSV} FROM documents d "
-                    f"WHERE NOT EXISTS (SELECT 1 FROM {PG_TABLE} f WHERE f.vid = d.vid)"
+                    f"SELECT c.id, c.collection_id, {_PG_TSV} FROM {_CHUNKS_JOIN} "
+                    f"WHERE NOT EXISTS (SELECT 1 FROM {PG_TABLE} f WHERE f.vid = c.id)"
                 ))
                 conn.execute(s.meta_table.insert().values(key="keyword_index", value="1"))
 
@@ -213,12 +213,14 @@ class KeywordIndex:
         self,
         conn: Connection,
         collection_id: int,
-        upserted: list[tuple[int, DocWrite]],
-        deleted_vids: list[int],
+        upserted: Sequence[int],
+        deleted: Sequence[int],
     ) -> None:
+        """Keep the full-text rows of these chunks exact inside the write's own transaction."""
+        deleted_vids = list(deleted)
         if not upserted and not deleted_vids:
             return
-        vids = [int(v) for v, _ in upserted]
+        vids = [int(v) for v in upserted]
         if self.dialect == "sqlite":
             cid = int(collection_id)
             if cid not in self._known:
@@ -237,8 +239,8 @@ class KeywordIndex:
                 )
             for part in chunked(vids):
                 conn.exec_driver_sql(
-                    f"INSERT INTO {name} (rowid, title, text) SELECT vid, coalesce(title, ''), text "
-                    f"FROM documents WHERE vid IN ({','.join('?' * len(part))})",
+                    f"INSERT INTO {name} (rowid, title, text) SELECT c.id, coalesce(d.title, ''), {_CHUNK_TEXT} "
+                    f"FROM {_CHUNKS_JOIN} WHERE c.id IN ({','.join('?' * len(part))})",
                     tuple(part),
                 )
         elif self.dialect == "postgresql":
@@ -248,7 +250,7 @@ class KeywordIndex:
                 conn.execute(
                     sa.text(
                         f"INSERT INTO {PG_TABLE} (vid, collection_id, tsv) "
-                        f"SELECT d.vid, d.collection_id, {_PG_TSV} FROM documents d WHERE d.vid = ANY(:vids) "
+                        f"SELECT c.id, c.collection_id, {_PG_TSV} FROM {_CHUNKS_JOIN} WHERE c.id = ANY(:vids) "
                         "ON CONFLICT (vid) DO UPDATE SET tsv = EXCLUDED.tsv, collection_id = EXCLUDED.collection_id"
                     ),
                     {"vids": list(part)},
@@ -272,7 +274,8 @@ class KeywordIndex:
         *,
         weights: tuple[float, float] | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """Top ``k`` (vid, score) per query, best first; only rows matching ``filter``; ties by vid."""
+        """Top ``k`` (chunk id, score) per query, best first; only chunks of documents matching
+        ``filter``; ties by chunk id."""
         if not self.supported:
             raise ConfigError(f"keyword search is not available on {self.dialect}; use SQLite or PostgreSQL")
         where = compile_filter(filter, s.documents.c.metadata)
@@ -304,13 +307,13 @@ class KeywordIndex:
         name = self.table_name(cid)
         fts = sa.table(name, sa.column("rowid"))
         fts_ref: sa.ColumnElement[Any] = sa.literal_column(name)
-        d = s.documents.c
+        d, c = s.documents.c, s.chunks.c
         bm25 = sa.func.bm25(fts_ref, sa.literal(float(w[0])), sa.literal(float(w[1])))
         stmt = (
             sa.select(fts.c.rowid, (-bm25).label("score"))
-            .select_from(fts.join(s.documents, d.vid == fts.c.rowid))
+            .select_from(fts.join(s.chunks, c.id == fts.c.rowid).join(s.documents, d.vid == c.doc_vid))
             .where(fts_ref.op("MATCH")(sa.bindparam("match", match)))
-            .where(d.collection_id == cid)
+            .where(c.collection_id == cid)
         )
         if where is not None:
             stmt = stmt.where(where)
@@ -318,23 +321,26 @@ class KeywordIndex:
 
     def _pg_stmt(self, cid: int, match: str, k: int, where: Any) -> sa.Select[Any]:
         f = sa.table(PG_TABLE, sa.column("vid"), sa.column("collection_id"), sa.column("tsv"))
-        d = s.documents.c
+        d, c = s.documents.c, s.chunks.c
         tsq = sa.func.websearch_to_tsquery(sa.literal_column(f"'{PG_CONFIG}'::regconfig"), sa.bindparam("match", match))
         rank = sa.func.ts_rank(f.c.tsv, tsq, sa.literal_column(str(PG_NORMALIZATION)))
         stmt = (
             sa.select(f.c.vid, rank.label("score"))
-            .select_from(f.join(s.documents, d.vid == f.c.vid))
+            .select_from(f.join(s.chunks, c.id == f.c.vid).join(s.documents, d.vid == c.doc_vid))
             .where(f.c.collection_id == cid)
             .where(f.c.tsv.op("@@")(tsq))
-            .where(d.collection_id == cid)
+            .where(c.collection_id == cid)
         )
         if where is not None:
             stmt = stmt.where(where)
         return stmt.order_by(rank.desc(), f.c.vid).limit(int(k))
 
 
+# A chunk's words: its document's title (weight A) and its span of the text (weight B).
+_CHUNK_TEXT = "substr(d.text, c.start_char + 1, c.end_char - c.start_char)"
+_CHUNKS_JOIN = "chunks c JOIN documents d ON d.vid = c.doc_vid"
 _PG_TSV = (
     f"setweight(to_tsvector('{PG_CONFIG}', coalesce(d.title, '')), 'A') || "
-    f"setweight(to_tsvector('{PG_CONFIG}', d.text), 'B')"
+    f"setweight(to_tsvector('{PG_CONFIG}', {_CHUNK_TEXT}), 'B')"
 )
 

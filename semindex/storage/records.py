@@ -83,7 +83,12 @@ class CollectionRecord:
 
 @dataclass
 class DocWrite:
-    """One row to upsert. ``embedding=None`` means 'content unchanged, update metadata only'."""
+    """One document to upsert. ``embedding=None`` means 'content unchanged, update metadata only'.
+
+    ``embedding``: one vector ``(d,)`` for a document stored as a single chunk spanning its
+    whole text, or ``(n, d)`` for ``n`` chunks whose character ``spans`` are given
+    (``text[start:end]`` is each chunk's text).
+    """
 
     doc_id: str
     text: str
@@ -91,6 +96,16 @@ class DocWrite:
     metadata: dict[str, Any]
     content_hash: str
     embedding: np.ndarray | None
+    spans: list[tuple[int, int]] | None = None
+
+    def chunk_spans(self) -> list[tuple[int, int]]:
+        return list(self.spans) if self.spans is not None else [(0, len(self.text))]
+
+    def chunk_vectors(self) -> np.ndarray:
+        """The embeddings as ``(n_chunks, d)`` float32."""
+        assert self.embedding is not None
+        arr = np.asarray(self.embedding, dtype=np.float32)
+        return arr.reshape(1, -1) if arr.ndim == 1 else arr
 
 
 @dataclass
@@ -101,6 +116,21 @@ class StoredDoc:
     title: str | None
     metadata: dict[str, Any]
     content_hash: str
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """A chunk as search sees it: its vector id, its document, and where in the text it lies."""
+
+    chunk_id: int
+    doc: StoredDoc
+    ordinal: int
+    start: int
+    end: int
+
+    @property
+    def text(self) -> str:
+        return self.doc.text[self.start : self.end]
 
 
 @dataclass
@@ -118,15 +148,16 @@ class WriteHook(Protocol):
 
     Hooks are passed to `Storage` by whoever composes the parts (``semindex.core``); the
     store calls them inside each write transaction, after the rows are written, so a
-    rolled-back batch leaves the derived data untouched too.
+    rolled-back batch leaves the derived data untouched too. They receive chunk ids: the
+    rows of ``chunks`` (joined to their documents) that were written or removed.
     """
 
     def on_write(
         self,
         conn: Connection,
         collection_id: int,
-        upserted: list[tuple[int, DocWrite]],
-        deleted_vids: list[int],
+        upserted: Sequence[int],
+        deleted: Sequence[int],
     ) -> None: ...
 
     def on_drop(self, conn: Connection, collection_id: int) -> None: ...

@@ -1,4 +1,4 @@
-"""Reading one collection's rows: the SQL queries the store's reads, replay and rebuilds share.
+"""Reading one collection's rows (documents and their chunks): the SQL queries the store's reads, replay and rebuilds share.
 
 No locks, no vector index here: every function is a plain read of the ``documents`` and
 ``collections`` tables, so it can run in any snapshot the caller chooses.
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import CollectionNotFoundError
 from . import schema as s
 from .filters import compile_filter
-from .records import StoredDoc, chunked, decode_embeddings
+from .records import ChunkRef, StoredDoc, chunked, decode_embeddings
 
 REBUILD_BATCH = 20_000  # rows per streamed batch when an index is built from SQL
 
@@ -105,16 +105,67 @@ class Rows:
         with self.engine.connect() as conn:
             return list(conn.execute(q).scalars())
 
+    def count_in(self, conn: Connection) -> int:
+        q = sa.select(sa.func.count()).select_from(s.documents).where(s.documents.c.collection_id == self.id)
+        return int(conn.execute(q).scalar() or 0)
+
+    def chunk_count(self) -> int:
+        q = sa.select(sa.func.count()).select_from(s.chunks).where(s.chunks.c.collection_id == self.id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    def matching_chunks(self, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        """The chunk ids of documents matching a compiled filter: the pre-filter's candidate set."""
+        c, d = s.chunks.c, s.documents.c
+        return (
+            sa.select(c.id)
+            .select_from(s.chunks.join(s.documents, d.vid == c.doc_vid))
+            .where((c.collection_id == self.id) & where)
+        )
+
+    def chunks(self, chunk_ids: Iterable[int], conn: Connection | None = None) -> dict[int, ChunkRef]:
+        """chunk id -> the chunk and its document, for the ids that exist (one read per 500 ids)."""
+        c, d = s.chunks.c, s.documents.c
+        keys = list(dict.fromkeys(int(v) for v in chunk_ids))
+        out: dict[int, ChunkRef] = {}
+        with self._conn(conn) as cn:
+            for part in chunked(keys):
+                q = (
+                    sa.select(c.id, c.ordinal, c.start_char, c.end_char, d.vid, d.doc_id, d.text, d.title,
+                              d.metadata, d.content_hash)
+                    .select_from(s.chunks.join(s.documents, d.vid == c.doc_vid))
+                    .where((c.collection_id == self.id) & c.id.in_(part))
+                )
+                for r in cn.execute(q):
+                    doc = StoredDoc(r.vid, r.doc_id, r.text, r.title, r.metadata, r.content_hash)
+                    out[int(r.id)] = ChunkRef(int(r.id), doc, int(r.ordinal), int(r.start_char), int(r.end_char))
+        return out
+
+    def spans(self, doc_vids: Iterable[int]) -> dict[int, list[tuple[int, int, int]]]:
+        """document vid -> its chunks as (chunk id, start, end), in order: for neighbouring context."""
+        c = s.chunks.c
+        out: dict[int, list[tuple[int, int, int]]] = {}
+        with self.engine.connect() as conn:
+            for part in chunked(list(dict.fromkeys(int(v) for v in doc_vids))):
+                q = (
+                    sa.select(c.doc_vid, c.id, c.start_char, c.end_char)
+                    .where(c.doc_vid.in_(part))
+                    .order_by(c.doc_vid, c.ordinal)
+                )
+                for vid, cid, start, end in conn.execute(q):
+                    out.setdefault(int(vid), []).append((int(cid), int(start), int(end)))
+        return out
+
     def embeddings(self, vids: np.ndarray) -> np.ndarray:
-        """The stored float32 vectors of ``vids``, in that order (missing rows are zeros)."""
-        d = s.documents.c
+        """The stored float32 vectors of chunks ``vids``, in that order (missing rows are zeros)."""
+        d = s.chunks.c
         vids = np.asarray(vids, dtype=np.int64)
         out = np.zeros((len(vids), self.dimension), dtype=np.float32)
         where = {int(v): i for i, v in enumerate(vids.tolist())}
         with self.engine.connect() as conn:
             for part in chunked(vids.tolist()):
                 for vid, blob in conn.execute(
-                    sa.select(d.vid, d.embedding).where((d.collection_id == self.id) & d.vid.in_(part))
+                    sa.select(d.id, d.embedding).where((d.collection_id == self.id) & d.id.in_(part))
                 ):
                     if len(blob) == 4 * self.dimension:
                         out[where[int(vid)]] = np.frombuffer(blob, dtype="<f4")
@@ -129,25 +180,25 @@ class SQLSource:
         self.version: int | None = None
 
     def count(self) -> int:
-        return self.rows.count()
+        return self.rows.chunk_count()
 
     def all_ids(self) -> np.ndarray:
-        d = s.documents.c
+        d = s.chunks.c
         with self.rows.engine.connect() as conn:
-            ids = conn.execute(sa.select(d.vid).where(d.collection_id == self.rows.id).order_by(d.vid)).scalars()
+            ids = conn.execute(sa.select(d.id).where(d.collection_id == self.rows.id).order_by(d.id)).scalars()
             return np.array(ids.all(), dtype=np.int64)
 
     def fetch(self, ids: np.ndarray) -> np.ndarray:
         return self.rows.embeddings(ids)
 
     def iter_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        d = s.documents.c
+        d = s.chunks.c
         with self.rows.snapshot() as conn:
             self.version = self.rows.version(conn)
             q = (
-                sa.select(d.vid, d.embedding)
+                sa.select(d.id, d.embedding)
                 .where(d.collection_id == self.rows.id)
-                .order_by(d.vid)
+                .order_by(d.id)
                 .execution_options(yield_per=REBUILD_BATCH)
             )
             for part in conn.execute(q).partitions(REBUILD_BATCH):

@@ -3,12 +3,15 @@
 Only portable SQLAlchemy Core constructs are used so the same tables work on
 SQLite and PostgreSQL. Three ideas carry the design:
 
-* every document row holds its own embedding (float32 bytes), so any vector
-  index can be rebuilt from SQL without re-encoding;
+* a document row holds the user's full text, metadata and content hash; its
+  chunks (one for a document that fits the model's window) hold the character
+  span ``(start_char, end_char)`` of the text they cover and their embedding
+  (float32 bytes), so any vector index can be rebuilt from SQL without
+  re-encoding. The vector index knows chunks by ``chunks.id``;
 * ``collections.version`` is bumped by every write transaction *first*, which
   takes the collection's write lock (a row lock on PostgreSQL, the database
   write lock on SQLite) and gives a per-collection, gap-free commit order;
-* ``changes`` records, per version, which vector ids a transaction touched,
+* ``changes`` records, per version, which vector (chunk) ids a transaction touched,
   so a FAISS checkpoint at version V is brought up to date by replaying the
   rows with ``version > V``.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: embeddings moved from documents to chunks (storage/migrate.py)
 
 # SQLite only gives an auto-incrementing rowid alias to INTEGER PRIMARY KEY.
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -52,7 +55,7 @@ collections = sa.Table(
 documents = sa.Table(
     "documents",
     metadata_obj,
-    # vid is the id the vector index knows the row by; stable across upserts.
+    # vid: the document's row id, stable across upserts (its chunks point at it).
     sa.Column("vid", BigIntPK, primary_key=True, autoincrement=True),
     sa.Column(
         "collection_id",
@@ -65,9 +68,24 @@ documents = sa.Table(
     sa.Column("title", sa.Text, nullable=True),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("metadata", JSONType, nullable=False),
-    sa.Column("embedding", sa.LargeBinary, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("collection_id", "doc_id", name="uq_documents_collection_doc"),
+    sqlite_autoincrement=True,
+)
+
+chunks = sa.Table(
+    "chunks",
+    metadata_obj,
+    # id: what the vector index and the keyword index know the chunk by.
+    sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column("collection_id", sa.BigInteger, nullable=False),
+    sa.Column("doc_vid", sa.BigInteger, sa.ForeignKey("documents.vid", ondelete="CASCADE"), nullable=False),
+    sa.Column("ordinal", sa.Integer, nullable=False),
+    sa.Column("start_char", sa.Integer, nullable=False),
+    sa.Column("end_char", sa.Integer, nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=False),
+    sa.Index("ix_chunks_doc", "doc_vid", "ordinal"),
+    sa.Index("ix_chunks_collection", "collection_id"),
     sqlite_autoincrement=True,
 )
 

@@ -56,6 +56,7 @@ from .engine import default_db_url, make_engine, open_schema
 from .failures import index_write_error, storage_error
 from .filters import compile_filter
 from .records import (
+    ChunkRef,
     CollectionRecord,
     DocWrite,
     StoredDoc,
@@ -64,12 +65,12 @@ from .records import (
     check_storable,
     chunked,
     decode_embeddings,
-    encode_embedding,
     utcnow,
     validate_collection_name,
 )
 from .rows import Rows, SQLSource
 from .vectors import VectorIndex, as_vectors, build_index, faiss_metric
+from .writes import drop_orphan_chunks, orphan_chunks, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +196,53 @@ class Storage:
                 runs = sa.select(s.runs.c.run_id).where(s.runs.c.collection_id == record.id)
                 conn.execute(sa.delete(s.run_shards).where(s.run_shards.c.run_id.in_(runs)))
                 conn.execute(sa.delete(s.runs).where(s.runs.c.collection_id == record.id))
+                conn.execute(sa.delete(s.chunks).where(s.chunks.c.collection_id == record.id))
                 conn.execute(sa.delete(s.documents).where(s.documents.c.collection_id == record.id))
                 conn.execute(sa.delete(s.collections).where(s.collections.c.id == record.id))
             shutil.rmtree(self.index_root / f"c{record.id}", ignore_errors=True)
+
+    def rename_collection(self, name: str, new_name: str) -> None:
+        """Give collection ``name`` the free name ``new_name`` in one UPDATE (rows, index files and
+        keyword rows are keyed by the collection's id, so nothing else moves)."""
+        validate_collection_name(new_name)
+        with self._lock:
+            record = self.get_record(name)
+            if record is None:
+                raise CollectionNotFoundError(name)
+            if self.get_record(new_name) is not None:
+                raise CollectionExistsError(new_name)
+            self._forget(name, new_name)
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.update(s.collections).where(s.collections.c.id == record.id)
+                                 .values(name=new_name))
+            except sa.exc.IntegrityError as exc:  # another process took the name first
+                raise CollectionExistsError(new_name) from exc
+
+    def swap_collections(self, a: str, b: str) -> None:
+        """Exchange the names of collections ``a`` and ``b`` in one transaction, so every reader
+        sees either the old pair or the new one: how an in-place rebuild is switched in."""
+        if a == b:
+            raise InvalidInputError("cannot swap a collection with itself")
+        with self._lock:
+            ra, rb = self.get_record(a), self.get_record(b)
+            if ra is None or rb is None:
+                raise CollectionNotFoundError(a if ra is None else b)
+            self._forget(a, b)
+            c = s.collections.c
+            with self.engine.begin() as conn:
+                # through a third name, since UNIQUE(name) is checked per statement; "~" is not
+                # allowed in collection names, so no collection can already hold it
+                conn.execute(sa.update(s.collections).where(c.id == ra.id).values(name=f"~swap-{ra.id}"))
+                conn.execute(sa.update(s.collections).where(c.id == rb.id).values(name=a))
+                conn.execute(sa.update(s.collections).where(c.id == ra.id).values(name=b))
+
+    def _forget(self, *names: str) -> None:
+        """Close this process's open handles of ``names``: they carry the old name; the next open reloads."""
+        for n in names:
+            coll = self._collections.pop(n, None)
+            if coll is not None:
+                coll.close()
 
     def close(self) -> None:
         with self._lock:
@@ -361,7 +406,7 @@ class CollectionStorage:
 
         ``snapshot``: read inside that open transaction instead of a fresh one (``check`` compares
         rows and the replayed index as of one instant)."""
-        c, d = s.changes.c, s.documents.c
+        c, ch = s.changes.c, s.chunks.c
         with contextlib.nullcontext(snapshot) if snapshot is not None else self._snapshot() as conn:
             version = self.current_version(conn)
             if version <= from_version:
@@ -371,8 +416,8 @@ class CollectionStorage:
                 conn.execute(sa.select(c.vid).where(window).distinct()).scalars().all(), dtype=np.int64
             )
             rows = conn.execute(
-                sa.select(d.vid, d.embedding).where(
-                    (d.collection_id == self.id) & d.vid.in_(sa.select(c.vid).where(window))
+                sa.select(ch.id, ch.embedding).where(
+                    (ch.collection_id == self.id) & ch.id.in_(sa.select(c.vid).where(window))
                 )
             ).all()
         index.remove(touched)
@@ -435,7 +480,11 @@ class CollectionStorage:
     # -- reads -------------------------------------------------------------
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """Documents (not chunks) in the collection, optionally only those matching ``filter``."""
         return self.rows.count(filter)
+
+    def chunk_count(self) -> int:
+        return self.rows.chunk_count()
 
     def existing(self, doc_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """doc_id -> (content_hash, metadata) for the ids that exist; used to skip unchanged docs."""
@@ -454,8 +503,11 @@ class CollectionStorage:
 
     def search(
         self, queries: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
-    ) -> list[list[tuple[StoredDoc, float]]]:
-        """Top-k rows per query; filters pick candidates in SQL *before* the vector search."""
+    ) -> list[list[tuple[ChunkRef, float]]]:
+        """Top-k chunks per query; filters pick candidates in SQL *before* the vector search.
+
+        Chunks, not documents: the search layer groups them into documents (over-fetching
+        until it has k distinct ones) or returns them as they are."""
         queries = as_vectors(queries, self.dimension)
         where = compile_filter(filter, s.documents.c.metadata)
         with self._lock:
@@ -472,18 +524,14 @@ class CollectionStorage:
                         results[qi] = r
             else:
                 results = self._filtered_search(queries, k, where)
-            docs = self.fetch({vid for res in results for vid, _ in res})
-        return [[(docs[vid], score) for vid, score in res if vid in docs] for res in results]
+            refs = self.rows.chunks({cid for res in results for cid, _ in res})
+        return [[(refs[cid], score) for cid, score in res if cid in refs] for res in results]
 
     def _filtered_search(
         self, queries: np.ndarray, k: int, where: sa.ColumnElement[bool]
     ) -> list[list[tuple[int, float]]]:
-        d = s.documents.c
         with self.engine.connect() as conn:
-            cand = np.array(
-                conn.execute(sa.select(d.vid).where((d.collection_id == self.id) & where)).scalars().all(),
-                dtype=np.int64,
-            )
+            cand = np.array(conn.execute(self.rows.matching_chunks(where)).scalars().all(), dtype=np.int64)
             if len(cand) == 0:
                 return [[] for _ in range(len(queries))]
             exact = (
@@ -508,7 +556,7 @@ class CollectionStorage:
         self, conn: Connection, queries: np.ndarray, cand: np.ndarray, k: int
     ) -> list[list[tuple[int, float]]]:
         """Score ``cand`` exactly from the stored embeddings, EXACT_BLOCK rows at a time."""
-        d = s.documents.c
+        d = s.chunks.c
         best = exact.TopK(len(queries), k)
         cand_list = cand.tolist()
         for lo in range(0, len(cand_list), EXACT_BLOCK):
@@ -516,7 +564,7 @@ class CollectionStorage:
             blobs: list[bytes] = []
             for part in chunked(cand_list[lo : lo + EXACT_BLOCK]):
                 for vid, blob in conn.execute(
-                    sa.select(d.vid, d.embedding).where((d.collection_id == self.id) & d.vid.in_(part))
+                    sa.select(d.id, d.embedding).where((d.collection_id == self.id) & d.id.in_(part))
                 ):
                     vids.append(vid)
                     blobs.append(blob)
@@ -530,8 +578,6 @@ class CollectionStorage:
     def write(self, docs: Sequence[DocWrite], delete_ids: Sequence[str] = ()) -> WriteResult:
         """Upsert ``docs`` and delete ``delete_ids`` in one transaction, then update the index."""
         self.check_open()
-        d = s.documents.c
-        now = utcnow()
         result = WriteResult()
         # last one wins when an id repeats within a batch
         by_id: dict[str, DocWrite] = {}
@@ -540,122 +586,43 @@ class CollectionStorage:
                 result.updated += 1
             by_id[doc.doc_id] = doc
         for doc in by_id.values():
-            if doc.embedding is not None and np.asarray(doc.embedding).shape != (self.dimension,):
-                raise DimensionMismatchError(
-                    f"document {doc.doc_id!r}: embedding has shape {np.asarray(doc.embedding).shape}, "
-                    f"collection {self.record.name!r} expects ({self.dimension},)"
-                )
-        for doc in by_id.values():
-            check_storable(doc)
-        upserted_vecs: dict[int, np.ndarray] = {}
-        upserted_docs: list[tuple[int, DocWrite]] = []
-        removed: list[int] = []
+            self._check_write(doc)
         try:
             with self.engine.begin() as conn:
                 version = self._bump_version(conn)
                 result.version = version
-                ids = list(by_id)
-                current: dict[str, tuple[int, str, dict[str, Any]]] = {}
-                for part in chunked(ids):
-                    for vid, doc_id, h, meta in conn.execute(
-                        sa.select(d.vid, d.doc_id, d.content_hash, d.metadata).where(
-                            (d.collection_id == self.id) & d.doc_id.in_(part)
-                        )
-                    ):
-                        current[doc_id] = (vid, h, meta)
-                inserts: list[dict[str, Any]] = []
-                for doc_id, doc in by_id.items():
-                    old = current.get(doc_id)
-                    if old is None:
-                        if doc.embedding is None:
-                            raise StorageError(
-                                f"document {doc_id!r} vanished while being indexed; retry the batch"
-                            )
-                        inserts.append(
-                            {
-                                "collection_id": self.id,
-                                "doc_id": doc_id,
-                                "content_hash": doc.content_hash,
-                                "title": doc.title,
-                                "text": doc.text,
-                                "metadata": doc.metadata,
-                                "embedding": encode_embedding(doc.embedding),
-                                "updated_at": now,
-                            }
-                        )
-                        continue
-                    vid, old_hash, old_meta = old
-                    if doc.embedding is None or old_hash == doc.content_hash:
-                        if old_hash != doc.content_hash:
-                            raise StorageError(
-                                f"document {doc_id!r} changed while being indexed; retry the batch"
-                            )
-                        if old_meta == doc.metadata:
-                            result.unchanged += 1
-                        else:
-                            conn.execute(
-                                sa.update(s.documents)
-                                .where(d.vid == vid)
-                                .values(metadata=doc.metadata, updated_at=now)
-                            )
-                            result.updated += 1
-                        continue
-                    conn.execute(
-                        sa.update(s.documents)
-                        .where(d.vid == vid)
-                        .values(
-                            content_hash=doc.content_hash,
-                            title=doc.title,
-                            text=doc.text,
-                            metadata=doc.metadata,
-                            embedding=encode_embedding(doc.embedding),
-                            updated_at=now,
-                        )
-                    )
-                    upserted_vecs[vid] = np.asarray(doc.embedding, dtype=np.float32)
-                    upserted_docs.append((vid, doc))
-                    result.updated += 1
-                if inserts:
-                    rows = conn.execute(
-                        s.documents.insert().returning(d.vid, d.doc_id, sort_by_parameter_order=True),
-                        inserts,
-                    ).all()
-                    for (vid, doc_id) in rows:
-                        upserted_vecs[vid] = np.asarray(by_id[doc_id].embedding, dtype=np.float32)
-                        upserted_docs.append((vid, by_id[doc_id]))
-                    result.added += len(rows)
-                if delete_ids:
-                    for part in chunked(list(dict.fromkeys(delete_ids))):
-                        vids = conn.execute(
-                            sa.select(d.vid).where((d.collection_id == self.id) & d.doc_id.in_(part))
-                        ).scalars().all()
-                        if vids:
-                            conn.execute(sa.delete(s.documents).where(d.vid.in_(vids)))
-                            removed.extend(vids)
-                    result.deleted = len(removed)
-                log_rows = [
-                    {"collection_id": self.id, "version": version, "op": s.OP_UPSERT, "vid": v}
-                    for v in upserted_vecs
-                ] + [
-                    {"collection_id": self.id, "version": version, "op": s.OP_DELETE, "vid": v}
-                    for v in removed
-                ]
-                if log_rows:
-                    conn.execute(s.changes.insert(), log_rows)
+                changed = write_rows(conn, self.id, version, by_id, delete_ids, utcnow(), result)
                 for hook in self.storage.hooks:
-                    hook.on_write(conn, self.id, upserted_docs, removed)
+                    hook.on_write(conn, self.id, list(changed.upserted), changed.removed)
         except sa.exc.OperationalError as exc:
             raise storage_error(exc) from exc
         except sa.exc.IntegrityError as exc:
             raise StorageError(f"write conflict in collection {self.record.name!r}: {exc.orig}; retry") from exc
-        except sa.exc.DataError as exc:  # PostgreSQL refusing a value _check_storable did not foresee
+        except sa.exc.DataError as exc:  # PostgreSQL refusing a value check_storable did not foresee
             raise InvalidInputError(
                 f"collection {self.record.name!r}: the database rejected a value in this batch: "
                 f"{str(exc.orig).strip().splitlines()[0]}"
             ) from exc
         result.ids = list(by_id)
-        self._apply(version, upserted_vecs, removed)
+        self._apply(version, changed.upserted, changed.removed)
         return result
+
+    def _check_write(self, doc: DocWrite) -> None:
+        """Shapes and spans before any SQL: a bad batch is refused whole, nothing written."""
+        check_storable(doc)
+        if doc.embedding is None:
+            return
+        vecs = doc.chunk_vectors()
+        spans = doc.chunk_spans()
+        if vecs.ndim != 2 or vecs.shape[1] != self.dimension or len(vecs) != len(spans) or not len(vecs):
+            raise DimensionMismatchError(
+                f"document {doc.doc_id!r}: embedding has shape {np.asarray(doc.embedding).shape} for "
+                f"{len(spans)} chunk(s), collection {self.record.name!r} expects ({self.dimension},) per chunk"
+            )
+        n = len(doc.text)
+        for start, end in spans:
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= n):
+                raise InvalidInputError(f"document {doc.doc_id!r}: chunk span ({start}, {end}) is outside its text")
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         return self.write([], delete_ids=doc_ids).deleted
@@ -689,8 +656,10 @@ class CollectionStorage:
     # -- verification -------------------------------------------------------------
 
     def check(self, *, sample: int = 256) -> CheckReport:
-        """Compare SQL with the checkpoint on disk plus the change log, independently of memory."""
-        d = s.documents.c
+        """Compare SQL with the checkpoint on disk plus the change log, independently of memory.
+
+        The rows compared are chunks (a document has one or more); the report names documents."""
+        d, ch = s.documents.c, s.chunks.c
         with self._lock:
             self.check_open()
             # One snapshot for everything below, so a writer in another process committing
@@ -698,9 +667,12 @@ class CollectionStorage:
             with self._snapshot() as conn:
                 version = self.current_version(conn)
                 rows = conn.execute(
-                    sa.select(d.vid, d.doc_id, sa.func.length(d.embedding)).where(d.collection_id == self.id)
+                    sa.select(ch.id, d.doc_id, sa.func.length(ch.embedding))
+                    .select_from(s.chunks.join(s.documents, d.vid == ch.doc_vid))
+                    .where(ch.collection_id == self.id)
                 ).all()
-                report = CheckReport(collection=self.record.name, rows=len(rows), vectors=0)
+                n_docs = self.rows.count_in(conn)
+                report = CheckReport(collection=self.record.name, rows=n_docs, vectors=0, chunks=len(rows))
                 report.bad_embeddings = [r[1] for r in rows if r[2] != 4 * self.dimension]
                 # What a fresh process would end up with: checkpoint + replay.
                 probe, probe_version, report.checkpoint = checking.probe_checkpoint(
@@ -723,17 +695,31 @@ class CollectionStorage:
                 if recon is not None:
                     blobs = {
                         int(v): b
-                        for v, b in conn.execute(sa.select(d.vid, d.embedding).where(d.vid.in_(pick.tolist())))
+                        for v, b in conn.execute(sa.select(ch.id, ch.embedding).where(ch.id.in_(pick.tolist())))
                     }
             checking.compare_vectors(report, pick, recon, blobs, row_vids, self.dimension)
             return report
 
     def repair(self) -> CheckReport:
-        """Rebuild the index from the stored embeddings (no re-encoding) and checkpoint it."""
+        """Rebuild the index from the stored embeddings (no re-encoding) and checkpoint it.
+
+        Chunks whose document is gone (a row deleted behind semindex's back) are deleted first,
+        through a logged write, so every process drops their vectors too."""
         with self._lock:
+            self._drop_orphan_chunks()
             self._rebuild()
             self.checkpoint(force=True)
             return self.check()
+
+    def _drop_orphan_chunks(self) -> int:
+        with self.engine.begin() as conn:
+            if not orphan_chunks(conn, self.id):
+                return 0
+            ids = drop_orphan_chunks(conn, self.id, self._bump_version(conn))
+            for hook in self.storage.hooks:
+                hook.on_write(conn, self.id, [], ids)
+        log.warning("collection %r: removed %d chunks whose document was gone", self.record.name, len(ids))
+        return len(ids)
 
     def reindex(
         self,

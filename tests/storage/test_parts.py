@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from semindex.errors import StorageError
-from semindex.storage import DocWrite, Storage, exact
+from semindex.storage import DocWrite, Storage, exact, schema
 from semindex.storage.check import probe_checkpoint
 from semindex.storage.checkpoint import (
     MANIFEST,
@@ -103,12 +105,16 @@ class _Recorder:
     """A WriteHook that records what each write transaction passed it."""
 
     def __init__(self) -> None:
-        self.writes: list[tuple[int, list[str], list[int]]] = []
+        self.writes: list[tuple[int, list[int], list[int]]] = []
         self.drops: list[int] = []
 
-    def on_write(self, conn: Connection, collection_id: int, upserted: list[tuple[int, DocWrite]],
-                 deleted_vids: list[int]) -> None:
-        self.writes.append((collection_id, [d.doc_id for _, d in upserted], list(deleted_vids)))
+    def on_write(self, conn: Connection, collection_id: int, upserted: Sequence[int],
+                 deleted: Sequence[int]) -> None:
+        # inside the transaction: the upserted chunks are visible through its connection
+        n = conn.execute(sa.select(sa.func.count()).select_from(schema.chunks)
+                         .where(schema.chunks.c.id.in_(list(upserted)))).scalar()
+        assert n == len(upserted)
+        self.writes.append((collection_id, list(upserted), list(deleted)))
 
     def on_drop(self, conn: Connection, collection_id: int) -> None:
         self.drops.append(collection_id)
@@ -130,13 +136,12 @@ def test_hooks_are_passed_in_and_called_inside_each_write(tmp_path: Path) -> Non
         storage.drop_collection("c")
     finally:
         storage.close()
-    assert [(c, ids) for c, ids, _ in hook.writes] == [(rec.id, ["a", "b"]), (rec.id, [])]
-    assert len(hook.writes[1][2]) == 1 and hook.drops == [rec.id]
+    (c1, up1, del1), (c2, up2, del2) = hook.writes
+    assert (c1, len(up1), del1) == (rec.id, 2, []) and (c2, up2) == (rec.id, [])
+    assert len(del2) == 1 and del2[0] in up1 and hook.drops == [rec.id]
 
 
 def test_a_storage_without_hooks_has_no_keyword_tables(tmp_path: Path) -> None:
-    import sqlalchemy as sa
-
     storage = Storage(tmp_path / "s")
     try:
         storage.create_collection("c", model=None, dimension=8)
