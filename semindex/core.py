@@ -357,6 +357,18 @@ class Store:
         self._open.pop(name, None)
         self.storage.drop_collection(name)
 
+    def rename_collection(self, name: str, new_name: str) -> None:
+        """Rename a collection in one transaction; its documents, vectors and index stay as they are."""
+        self._open.pop(name, None)
+        self._open.pop(new_name, None)
+        self.storage.rename_collection(name, new_name)
+
+    def swap_collections(self, a: str, b: str) -> None:
+        """Exchange two collections' names in one transaction (how ``reembed`` switches in a rebuild)."""
+        self._open.pop(a, None)
+        self._open.pop(b, None)
+        self.storage.swap_collections(a, b)
+
 
 class Collection:
     """Documents, their vectors and the search over them. Thread-safe."""

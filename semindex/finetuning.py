@@ -416,9 +416,9 @@ def finetune(
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(resolve_model_path(base), device=dev)
-            use_len = int(model.max_seq_length)
+            use_len: int | None = model.max_seq_length
             if max_seq_length is not None:
-                model.max_seq_length = min(use_len, max_seq_length)
+                model.max_seq_length = max_seq_length if use_len is None else min(use_len, max_seq_length)
             result = _train(
                 model, anchors, positives, negatives, evaluator, tmpd, out,
                 epochs=epochs, batch_size=batch_size, lr=learning_rate, seed=seed, device=dev, say=say,
@@ -484,9 +484,9 @@ def _train(
     device: str,
     say: Progress,
     overwrite: bool,
-    use_len: int,
+    use_len: int | None,
 ) -> tuple[int, list[dict[str, Any]], int]:
-    from datasets import Dataset
+    from datasets import Dataset  # type: ignore[import-untyped]
     from sentence_transformers import (
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
@@ -527,7 +527,7 @@ def _train(
 
     losses: list[float] = []
 
-    class _Progress(TrainerCallback):  # type: ignore[misc]
+    class _Progress(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))

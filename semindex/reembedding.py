@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .core import Collection, Store
-from .errors import CollectionExistsError, ConfigError, InvalidInputError
+from .errors import CollectionExistsError, InvalidInputError
 from .indexer.encoder import canonical_model_name
 
 PAGE = 512
@@ -101,10 +101,9 @@ def reembed(
 
 
 def swap_in(store: Store, new: str, old: str) -> None:
-    """Make ``new`` answer to the name ``old`` in one storage transaction, then drop the old collection."""
-    swap = getattr(store, "replace_collection", None)
-    if swap is None:
-        raise ConfigError(
-            "in-place reembed needs a storage that can rename collections; use --into NEW for now"
-        )
-    swap(new, old)
+    """Make ``new`` answer to the name ``old`` (one storage transaction swaps the two names), then
+    drop the previous collection, which now carries the temporary name. A crash between the
+    two steps leaves the new collection in place and the old one under the temporary name,
+    which the next reembed of ``old`` removes."""
+    store.swap_collections(new, old)
+    store.delete_collection(new)
