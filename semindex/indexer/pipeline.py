@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, ReadError
 from ..storage import CollectionStorage, DocWrite, WriteResult
+from ..validation import has_nul
 from .chunking import Chunker
 from .encoder import Encoder
 from .readers import Record
@@ -160,19 +161,9 @@ def _validate(rec: Record) -> ReadError | None:
     except InvalidInputError as exc:
         return ReadError(str(exc), source=rec.source, line=rec.line)
     # PostgreSQL cannot store NUL in text or JSON; refuse it per record on every backend alike.
-    if _has_nul(rec.text) or _has_nul(rec.title) or _has_nul(rec.id) or _has_nul(rec.metadata):
+    if has_nul(rec.text) or has_nul(rec.title) or has_nul(rec.id) or has_nul(rec.metadata):
         return ReadError("record contains a NUL character", source=rec.source, line=rec.line)
     return None
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 def batched(items: Iterable[Record | ReadError], size: int) -> Iterator[list[Record | ReadError]]:

@@ -6,9 +6,8 @@ types without importing the store.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -17,6 +16,7 @@ import numpy as np
 from sqlalchemy.engine import Connection
 
 from ..errors import InvalidInputError, InvalidNameError
+from ..validation import has_nul, json_value_problem
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Collection names: safe in a URL path, a file name and a SQL identifier suffix."""
@@ -164,29 +164,14 @@ class WriteHook(Protocol):
 
 
 def check_storable(doc: DocWrite) -> None:
-    """Values both backends store alike: no NUL characters (PostgreSQL text and jsonb refuse them)
-    and only finite numbers in metadata (NaN is not JSON: SQLite's json functions and jsonb reject it)."""
-
-    def bad(value: Any, depth: int = 0) -> str | None:
-        if isinstance(value, str):
-            return "a NUL character" if "\x00" in value else None
-        if isinstance(value, float):
-            return None if math.isfinite(value) else f"the number {value!r}"
-        if depth > 64:
-            return None
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                why = bad(str(k), depth + 1) or bad(v, depth + 1)
-                if why:
-                    return why
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                why = bad(v, depth + 1)
-                if why:
-                    return why
-        return None
-
+    """Values both backends store alike (the same rules as the API's schemas: semindex/validation.py):
+    no NUL characters (PostgreSQL text and jsonb refuse them), and metadata that round-trips as JSON
+    (finite numbers, 64-bit integers, bounded nesting, valid Unicode)."""
     for what, value in (("id", doc.doc_id), ("text", doc.text), ("title", doc.title), ("metadata", doc.metadata)):
-        why = bad(value)
-        if why:
-            raise InvalidInputError(f"document {doc.doc_id!r}: its {what} contains {why}, which cannot be stored")
+        if has_nul(value):
+            raise InvalidInputError(
+                f"document {doc.doc_id!r}: its {what} contains a NUL character, which cannot be stored"
+            )
+    problem = json_value_problem(doc.metadata, "its metadata")
+    if problem:
+        raise InvalidInputError(f"document {doc.doc_id!r}: {problem}, which cannot be stored")
