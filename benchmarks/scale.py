@@ -124,16 +124,20 @@ def part_docs(work: Path, n: int) -> None:
     src = write_corpus(work / "scifact.jsonl", n)
     print(f"\n== docs/s, SciFact first {n} docs, all-MiniLM-L6-v2 on CPU ({os.cpu_count()} cores), "
           "128 docs per transaction / shard ==")
-    rows = {
-        "local": run_local(src, work / "s-local", None, None),
-        "--devices cpu,cpu": run_local(src, work / "s-dev", None, ["cpu", "cpu"]),
-        "ray 1 actor": run_ray(src, work / "s-ray1", None, 1, shard_size=128),
-        "ray 2 actors": run_ray(src, work / "s-ray2", None, 2, cpus_per_actor=1.0, num_cpus=3, shard_size=128),
+    runs = {
+        "local": lambda: run_local(src, work / "s-local", None, None),
+        "--devices cpu,cpu": lambda: run_local(src, work / "s-dev", None, ["cpu", "cpu"]),
+        "ray 1 actor": lambda: run_ray(src, work / "s-ray1", None, 1, shard_size=128),
+        "ray 2 actors": lambda: run_ray(src, work / "s-ray2", None, 2, cpus_per_actor=1.0, num_cpus=3,
+                                        shard_size=128),
     }
-    base = rows["local"]["docs_per_s"]
-    for name, r in rows.items():
+    rows: dict[str, dict[str, Any]] = {}
+    for name, run in runs.items():  # printed as each finishes: a long run still reports its parts
+        r = rows[name] = run()
+        base = rows["local"]["docs_per_s"]
         extra = f"  stages {r['stages_s']}" if "stages_s" in r else ""
-        print(f"{name:20s} {r['docs_per_s']:8.1f} docs/s  {r['seconds']:7.2f} s  x{r['docs_per_s'] / base:.2f}{extra}")
+        print(f"{name:20s} {r['docs_per_s']:8.1f} docs/s  {r['seconds']:7.2f} s  x{r['docs_per_s'] / base:.2f}{extra}",
+              flush=True)
     r1 = rows["ray 1 actor"]["stages_s"]
     print(f"Ray fixed cost: cluster start {r1.get('ray_start', 0):.2f} s, time to first shard "
           f"{r1.get('first_shard', 0):.2f} s (actor start + model load + first shard)")
