@@ -29,10 +29,10 @@ from .errors import (
     StorageError,
 )
 from .finetuning import FinetuneResult, finetune
+from .indexer.chunking import ChunkSpec
 from .indexer.encoder import DEFAULT_MODEL, Encoder, register_encoder, unregister_encoder
 from .indexer.pipeline import IngestStats
 from .reembedding import ReembedResult, reembed
-from .indexer.chunking import ChunkSpec
 from .search.searcher import ChunkHit, Hit
 from .storage import CheckReport
 

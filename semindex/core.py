@@ -33,8 +33,8 @@ from .indexer.beir import load_split, read_queries
 from .indexer.chunking import Chunker, ChunkSpec, chunker_for
 from .indexer.encoder import Encoder, SentenceTransformerEncoder, canonical_model_name, get_encoder
 from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
-from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --engine ray (issue 12)
 from .indexer.readers import Record, detect_format, estimate_total, iter_records
+from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --engine ray (issue 12)
 from .indexer.vector_files import VectorFile, load_query_vectors, open_vector_file
 from .search.evaluate import QUERY_BATCH, EvalResult, evaluate
 from .search.hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS

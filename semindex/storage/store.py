@@ -244,49 +244,6 @@ class Storage:
             if coll is not None:
                 coll.close()
 
-    def rename_collection(self, name: str, new_name: str) -> None:
-        """Give collection ``name`` the free name ``new_name`` in one UPDATE (rows, index files and
-        keyword rows are keyed by the collection's id, so nothing else moves)."""
-        validate_collection_name(new_name)
-        with self._lock:
-            record = self.get_record(name)
-            if record is None:
-                raise CollectionNotFoundError(name)
-            if self.get_record(new_name) is not None:
-                raise CollectionExistsError(new_name)
-            self._forget(name, new_name)
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(sa.update(s.collections).where(s.collections.c.id == record.id)
-                                 .values(name=new_name))
-            except sa.exc.IntegrityError as exc:  # another process took the name first
-                raise CollectionExistsError(new_name) from exc
-
-    def swap_collections(self, a: str, b: str) -> None:
-        """Exchange the names of collections ``a`` and ``b`` in one transaction, so every reader
-        sees either the old pair or the new one: how an in-place rebuild is switched in."""
-        if a == b:
-            raise InvalidInputError("cannot swap a collection with itself")
-        with self._lock:
-            ra, rb = self.get_record(a), self.get_record(b)
-            if ra is None or rb is None:
-                raise CollectionNotFoundError(a if ra is None else b)
-            self._forget(a, b)
-            c = s.collections.c
-            with self.engine.begin() as conn:
-                # through a third name, since UNIQUE(name) is checked per statement; "~" is not
-                # allowed in collection names, so no collection can already hold it
-                conn.execute(sa.update(s.collections).where(c.id == ra.id).values(name=f"~swap-{ra.id}"))
-                conn.execute(sa.update(s.collections).where(c.id == rb.id).values(name=a))
-                conn.execute(sa.update(s.collections).where(c.id == ra.id).values(name=b))
-
-    def _forget(self, *names: str) -> None:
-        """Close this process's open handles of ``names``: they carry the old name; the next open reloads."""
-        for n in names:
-            coll = self._collections.pop(n, None)
-            if coll is not None:
-                coll.close()
-
     def close(self) -> None:
         with self._lock:
             for coll in list(self._collections.values()):
