@@ -127,6 +127,14 @@ class ConfigError(SemindexError):
     exit_code = 2
 
 
+class IndexSpecError(ConfigError):
+    """An index spec that can never work (IVF0, HNSW-1, NSG) or asks for unbounded memory:
+    refused at creation or reindex, before anything is stored."""
+
+    code = "invalid_index"
+    http_status = 422
+
+
 class StorageError(SemindexError):
     code = "storage_error"
     http_status = 503
@@ -150,6 +158,7 @@ __all__ = [
     "CollectionExistsError",
     "CollectionNotFoundError",
     "ConfigError",
+    "IndexSpecError",
     "ConflictError",
     "ConsistencyError",
     "DimensionMismatchError",

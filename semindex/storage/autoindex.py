@@ -30,7 +30,6 @@ array in the benchmark), so the benchmark measures exactly the code the store ru
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +44,9 @@ from .vectors import (
     VectorIndex,
     as_vectors,
     build_index,
+    default_memory_budget,
     default_nlist,
+    min_training_points,
     pq_subquantizers,
     spec_kind,
 )
@@ -78,13 +79,8 @@ def parse_bytes(text: str | int | float) -> int:
 
 
 def default_budget() -> int:
-    env = os.environ.get("SEMINDEX_INDEX_MEMORY")
-    if env:
-        return parse_bytes(env)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
+    """$SEMINDEX_INDEX_MEMORY, else half the machine's RAM (one definition, in vectors.base)."""
+    return default_memory_budget()
 
 
 def estimate_bytes(kind: str, n: int, dimension: int, pq_m: int | None = None) -> int:
@@ -126,6 +122,13 @@ def choose_spec(n: int, dimension: int, budget: int | None = None) -> Choice:
 
 def outgrown(index: VectorIndex, policy: str, n: int, dimension: int, budget: int | None = None) -> str | None:
     """Why ``index`` should be rebuilt now that the collection holds ``n`` vectors, or None."""
+    pending = index.params.get("pending")
+    if pending:  # exact stand-in for a spec that could not be trained yet: retry as the data doubles
+        need = int(index.params.get("pending_need", 1) or 1)
+        tried = int(index.params.get("pending_tried", 0) or 0)
+        if n >= max(need, 2 * tried, 1):
+            return f"{n} vectors: enough to train {pending!r} (searched exactly until now)"
+        return None
     if index.tombstone_ratio() > TOMBSTONE_REBUILD:
         return f"{index.tombstone_ratio():.0%} of the HNSW nodes are tombstones"
     if policy == "auto":
@@ -317,6 +320,19 @@ class BuildReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def exact_stand_in(spec: str, dimension: int, metric: str, n: int, *, need: int, why: str) -> VectorIndex:
+    """A flat (exact) index standing in for ``spec`` until the collection can train it.
+
+    Writes never fail because an index cannot be trained yet (FAISS needs at least as many
+    vectors as IVF cells or PQ centroids): the rows are stored, searches are exact, and
+    :func:`outgrown` asks for the real build once there are ``need`` vectors (then again each
+    time the count doubles, if training still fails). The params record why, for ``info``,
+    and travel with the checkpoint."""
+    return build_index("flat", dimension, metric, params={
+        "pending": spec, "pending_need": int(min(need, 1 << 62)), "pending_tried": int(n), "pending_reason": why,
+    })
+
+
 def training_size(index: VectorIndex, n: int) -> int:
     if index.kind in ("ivf", "ivfpq") or (index.kind == "factory" and "IVF" in index.spec):
         cells = default_nlist(n) if index.kind != "factory" else int(index.params.get("nlist", default_nlist(n)))
@@ -352,7 +368,11 @@ def build_from_source(
     if spec == "auto":
         choice = choose_spec(n, dimension, budget)
         concrete, params, reason = choice.spec, dict(choice.params), choice.reason
-    index = build_index(concrete, dimension, metric, params=params)
+    try:
+        index = build_index(concrete, dimension, metric, params=params)
+    except ConfigError as exc:  # a spec stored before semindex refused it: keep the collection usable
+        log.warning("index %r cannot be built (%s); searching exactly", concrete, exc)
+        index = exact_stand_in(concrete, dimension, metric, n, need=1 << 62, why=str(exc))
     if device is not None:
         index.use_device(device)
     index.refine_source = refine_source or source.fetch
@@ -361,12 +381,25 @@ def build_from_source(
     tunable = bool(index.tunable()) and tune_params and n > 0
     if (needs_train or tunable) and n:
         all_ids = source.all_ids()
-    if needs_train and n:
-        t = time.perf_counter()
-        m = training_size(index, n)
-        pick = np.sort(rng.choice(all_ids, size=m, replace=False)) if m < len(all_ids) else np.asarray(all_ids)
-        index.train(source.fetch(pick), n)
-        timings["train_s"] = time.perf_counter() - t
+    if needs_train:
+        need = min_training_points(concrete, dimension)
+        if n < need:
+            index = exact_stand_in(concrete, dimension, metric, n, need=need,
+                                   why=f"{n} vectors, training needs at least {need}")
+        else:
+            t = time.perf_counter()
+            m = max(training_size(index, n), min(n, need))
+            assert all_ids is not None
+            pick = np.sort(rng.choice(all_ids, size=m, replace=False)) if m < len(all_ids) else np.asarray(all_ids)
+            try:
+                index.train(source.fetch(pick), n)
+            except (RuntimeError, MemoryError, ValueError, ConfigError) as exc:  # faiss: too few points...
+                log.warning("index %r cannot be trained on %d vectors yet (%s); searching exactly", concrete, n, exc)
+                index = exact_stand_in(concrete, dimension, metric, n, need=need, why=str(exc).splitlines()[0][:200])
+            timings["train_s"] = time.perf_counter() - t
+        if index.params.get("pending"):
+            index.refine_source = refine_source or source.fetch
+            tunable = False
     gt = None
     if tunable and all_ids is not None:
         nq = min(TUNE_QUERIES, len(all_ids))

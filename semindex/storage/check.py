@@ -74,11 +74,18 @@ def probe_checkpoint(folder: Path, spec: str, dimension: int, metric: str) -> tu
     try:
         manifest = read_manifest(folder)
         if manifest is None:
-            return build_index(spec, dimension, metric), 0, "none (rebuilt from SQL on open)"
+            return empty_probe(dimension, metric), 0, "none (rebuilt from SQL on open)"
         index = load_checkpoint_index(folder, manifest, dimension, metric)
     except StorageError as exc:
-        return build_index(spec, dimension, metric), 0, f"unreadable: {exc}"
+        return empty_probe(dimension, metric), 0, f"unreadable: {exc}"
     return index, manifest.version, f"v{manifest.version}"
+
+
+def empty_probe(dimension: int, metric: str) -> VectorIndex:
+    """What the change log is replayed into when there is no checkpoint to start from: an exact
+    index, which any spec can be compared with (a trainable one could not take the replay before
+    it is trained, and a broken stored spec must not make `check` fail)."""
+    return build_index("flat", dimension, metric)
 
 
 def compare_ids(

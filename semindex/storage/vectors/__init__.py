@@ -28,12 +28,13 @@ from .base import (
     VectorIndex,
     as_ids,
     as_vectors,
+    default_memory_budget,
     default_nlist,
     faiss_metric,
     gpu_available,
     pq_subquantizers,
 )
-from .factory import MMAP_MIN_BYTES, build_index, load_index, spec_kind
+from .factory import MMAP_MIN_BYTES, build_index, check_spec, load_index, min_training_points, spec_kind
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
 from .ivf import IVFIndex
@@ -51,10 +52,13 @@ __all__ = [
     "as_ids",
     "as_vectors",
     "build_index",
+    "check_spec",
+    "default_memory_budget",
     "default_nlist",
     "faiss_metric",
     "gpu_available",
     "load_index",
+    "min_training_points",
     "pq_subquantizers",
     "spec_kind",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -94,7 +95,9 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 DEFAULT_K_FACTOR = 10
 REFINE_MIN_K = 10
-LOSSY = re.compile(r"(PQ|SQ|LSH|RQ|LSQ|RaBitQ)", re.IGNORECASE)
+# lossy codes, and transforms (PCA, OPQ, ITQ, random rotation, L2norm) whose reconstruction is
+# not the stored vector: such indexes rescore exactly from SQL and `check` skips their vectors
+LOSSY = re.compile(r"(PQ|SQ|LSH|RQ|LSQ|RaBitQ|PCA|ITQ|RR\d|L2norm)", re.IGNORECASE)
 
 
 def _bad_factory(spec: str, exc: Exception) -> str:
@@ -120,6 +123,27 @@ def _selector_keepalive(sel: Any, *refs: Any) -> Any:
 def _id_selector(ids: np.ndarray) -> Any:
     arr = as_ids(ids)
     return _selector_keepalive(faiss.IDSelectorBatch(arr), arr)
+
+
+def default_memory_budget() -> int:
+    """Bytes an index may take: $SEMINDEX_INDEX_MEMORY (bytes, or with a K/M/G suffix), else half
+    the machine's RAM. Also the bound on what an index spec may ask for up front."""
+    env = os.environ.get("SEMINDEX_INDEX_MEMORY")
+    if env:
+        t = env.strip().upper().rstrip("B").rstrip("I")
+        mult = 1
+        for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+            if t.endswith(suffix):
+                t, mult = t[:-1], m
+                break
+        try:
+            return int(float(t) * mult)
+        except ValueError as exc:
+            raise ConfigError(f"bad SEMINDEX_INDEX_MEMORY {env!r} (e.g. 4G, 512M)") from exc
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 def default_nlist(n: int) -> int:

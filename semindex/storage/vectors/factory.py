@@ -10,8 +10,8 @@ from typing import Any
 
 import faiss
 
-from ...errors import ConfigError, StorageError
-from .base import ANN_KINDS, VectorIndex, _bad_factory, faiss_metric
+from ...errors import IndexSpecError, StorageError
+from .base import ANN_KINDS, VectorIndex, _bad_factory, default_memory_budget, faiss_metric
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
 from .ivf import IVFIndex
@@ -24,6 +24,102 @@ def spec_kind(spec: str) -> str:
     return "factory"
 
 
+MAX_DIMENSION = 65_536
+MAX_NLIST = 65_536  # also default_nlist's ceiling: more cells than this never pays
+HNSW_M_RANGE = (2, 256)
+MAX_PQ_NBITS = 16
+
+# What a factory string may contain, component by component (comma-separated): a closed list,
+# so a family semindex cannot keep exact (NSG builds once and cannot grow, Refine keeps a second
+# copy, IDMap is semindex's own) is refused at creation instead of failing at the first write.
+_TRANSFORM = re.compile(r"^(PCA(?:W|R|WR)?(?P<pca>\d+)|OPQ(?P<opq>\d+)(?:_(?P<opqd>\d+))?|ITQ(?P<itq>\d+)?|RR(?P<rr>\d+)|L2norm)$")
+_COARSE = re.compile(r"^(IVF(?P<nlist>\d+)|HNSW(?P<m>\d+))$")
+_CODE = re.compile(r"^(Flat|PQ(?P<pq>\d+)(?:x(?P<nbits>\d+))?(?:np)?|SQ(?:4|6|8|fp16|bf16)|LSH)$")
+
+
+def check_spec(spec: str, dimension: int, budget: int | None = None) -> None:
+    """Refuse a factory string that can never work or asks for unbounded memory (ConfigError).
+
+    Every number in it comes from a request, so each is bounded: IVF cells in 1..65536 and
+    their centroids within the memory budget, HNSW M in 2..256, PQ sub-quantizers dividing the
+    dimension with at most 16 bits, transforms no wider than the vectors. Sizes that are fine but
+    need more vectors than the collection holds are not refused: the store searches exactly
+    until there are enough to train (see autoindex.build_from_source)."""
+    budget = budget or default_memory_budget()
+    parts = spec.split(",")
+    d = dimension
+    fixed = 0  # bytes the empty index allocates up front (centroids, codebooks)
+    seen_coarse = False
+    for i, part in enumerate(parts):
+        t, c, e = _TRANSFORM.match(part), _COARSE.match(part), _CODE.match(part)
+        if t and not seen_coarse and i < len(parts) - 1:
+            out = t.group("pca") or t.group("rr") or t.group("opqd") or t.group("itq")
+            if t.group("opq") is not None and not 1 <= int(t.group("opq")) <= d:
+                raise IndexSpecError(f"index {spec!r}: OPQ{t.group('opq')} needs 1..{d} sub-quantizers")
+            if out is not None:
+                if not 1 <= int(out) <= d:
+                    raise IndexSpecError(f"index {spec!r}: {part} must map to 1..{d} dimensions")
+                d = int(out)
+            fixed += 4 * dimension * dimension
+            continue
+        if c and not seen_coarse:
+            seen_coarse = True
+            if c.group("nlist") is not None:
+                nlist = int(c.group("nlist"))
+                if not 1 <= nlist <= MAX_NLIST:
+                    raise IndexSpecError(f"index {spec!r}: IVF needs 1..{MAX_NLIST} cells, got {nlist}")
+                fixed += nlist * (4 * d + 64)  # centroids + one inverted list each
+            else:
+                m = int(c.group("m"))
+                lo, hi = HNSW_M_RANGE
+                if not lo <= m <= hi:
+                    raise IndexSpecError(f"index {spec!r}: HNSW needs M in {lo}..{hi}, got {m}")
+                if i > 0:
+                    raise IndexSpecError(f"index {spec!r}: a transform before HNSW is not supported")
+            continue
+        if e and i == len(parts) - 1:
+            if e.group("pq") is not None:
+                m = int(e.group("pq"))
+                nbits = int(e.group("nbits") or 8)
+                if not 1 <= m <= d or d % m:
+                    raise IndexSpecError(f"index {spec!r}: PQ{m} needs a divisor of the dimension {d}")
+                if not 1 <= nbits <= MAX_PQ_NBITS:
+                    raise IndexSpecError(f"index {spec!r}: PQ codes take 1..{MAX_PQ_NBITS} bits, got {nbits}")
+                fixed += (1 << nbits) * d * 4
+            continue
+        raise IndexSpecError(
+            f"index {spec!r}: unsupported part {part!r}; semindex takes optional transforms (PCA, OPQ, "
+            "ITQ, RR, L2norm), then IVF<n> or HNSW<M>, then Flat, PQ<m>[x<bits>], SQ<4|6|8|fp16> or LSH"
+        )
+    if fixed > budget:
+        raise IndexSpecError(
+            f"index {spec!r} needs ~{fixed >> 20} MiB before holding a vector, over the "
+            f"{budget >> 20} MiB index memory budget"
+        )
+
+
+def min_training_points(spec: str, dimension: int) -> int:
+    """The fewest vectors FAISS can train ``spec`` on (IVF cells, PQ centroids); 1 when it needs none.
+
+    'ivf' and 'ivfpq' size their cells and code bits from the data, so a couple of vectors do."""
+    if spec in ("flat", "hnsw", "auto", "ivf"):
+        return 1
+    if spec == "ivfpq":
+        return 2
+    need = 1
+    for part in spec.split(","):
+        m = _COARSE.match(part)
+        if m and m.group("nlist"):
+            need = max(need, int(m.group("nlist")))
+        e = _CODE.match(part)
+        if e and e.group("pq") is not None:
+            need = max(need, 1 << int(e.group("nbits") or 8))
+        t = _TRANSFORM.match(part)
+        if t and t.group("opq") is not None:
+            need = max(need, 256)
+    return need
+
+
 def build_index(
     spec: str, dimension: int, metric: str, params: Mapping[str, Any] | None = None
 ) -> VectorIndex:
@@ -31,8 +127,10 @@ def build_index(
     data; the store resolves 'auto' with :func:`semindex.storage.autoindex.choose_spec`), or any
     FAISS factory string such as "IVF256,PQ32", "HNSW48" or "PQ16"."""
     faiss_metric(metric)
+    if not isinstance(dimension, int) or isinstance(dimension, bool) or not 1 <= dimension <= MAX_DIMENSION:
+        raise IndexSpecError(f"dimension must be an integer in 1..{MAX_DIMENSION}, got {dimension!r}")
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"index type must be a non-empty string, got {spec!r}")
+        raise IndexSpecError(f"index type must be a non-empty string, got {spec!r}")
     spec = spec.strip()
     if spec in ("flat", "auto"):
         return FlatIndex(dimension, metric, params=params)
@@ -41,20 +139,24 @@ def build_index(
     if spec in ("ivf", "ivfpq"):
         return IVFIndex(dimension, metric, spec=spec, params=params)
     if not re.match(r"^[A-Za-z0-9_,.=x+-]+$", spec) or not re.search(r"[A-Z]", spec):
-        raise ConfigError(
+        raise IndexSpecError(
             f"unknown index type {spec!r}; use auto, flat, hnsw, ivf, ivfpq or a FAISS factory "
             "string such as 'IVF256,PQ32'"
         )
     if "IDMap" in spec:
-        raise ConfigError(f"factory string {spec!r}: leave out IDMap, semindex adds the id mapping itself")
+        raise IndexSpecError(f"factory string {spec!r}: leave out IDMap, semindex adds the id mapping itself")
+    check_spec(spec, dimension)
     if "IVF" in spec:
         return IVFIndex(dimension, metric, spec=spec, params=params)
     if spec.startswith("HNSW"):
-        return HNSWIndex(dimension, metric, spec=spec, params=params)
+        try:
+            return HNSWIndex(dimension, metric, spec=spec, params=params)
+        except RuntimeError as exc:
+            raise IndexSpecError(_bad_factory(spec, exc)) from exc
     try:
         return FlatIndex(dimension, metric, spec=spec, params=params)
     except RuntimeError as exc:
-        raise ConfigError(_bad_factory(spec, exc)) from exc
+        raise IndexSpecError(_bad_factory(spec, exc)) from exc
 
 
 MMAP_MIN_BYTES = 256 * 1024 * 1024
@@ -99,5 +201,5 @@ def load_index(
     elif kind == "factory":
         index = FlatIndex(dimension, metric, index=raw, spec=spec, params=params)
     else:
-        raise ConfigError(f"unknown index type {spec!r}")
+        raise IndexSpecError(f"unknown index type {spec!r}")
     return index

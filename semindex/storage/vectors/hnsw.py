@@ -129,6 +129,8 @@ class HNSWIndex(_BaseIndex):
         return view[view >= 0].copy()
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray | None:
+        if self.lossy:  # an HNSW over PQ/SQ codes decodes an approximation, not the stored vector
+            return None
         ids = as_ids(ids)
         view = self._idmap()
         live = np.nonzero(view >= 0)[0]

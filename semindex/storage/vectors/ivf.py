@@ -11,7 +11,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ...errors import ConfigError
+from ...errors import IndexSpecError
 from .base import (
     DEFAULT_K_FACTOR,
     LOSSY,
@@ -78,11 +78,11 @@ class IVFIndex(_BaseIndex):
         try:
             index = faiss.index_factory(self.dimension, self._factory(nlist, n_train), faiss_metric(self.metric))
         except RuntimeError as exc:
-            raise ConfigError(_bad_factory(self.spec, exc)) from exc
+            raise IndexSpecError(_bad_factory(self.spec, exc)) from exc
         try:
             ivf = faiss.extract_index_ivf(index)
         except RuntimeError as exc:
-            raise ConfigError(f"factory string {self.spec!r} is not an IVF index") from exc
+            raise IndexSpecError(f"factory string {self.spec!r} is not an IVF index") from exc
         if self.kind == "ivf":
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         _no_polysemous(ivf)

@@ -1,0 +1,106 @@
+"""Issue 11: hostile or careless requests against a real server on 127.0.0.1 never poison a
+store, exhaust the server, or answer 5xx (one test per class; storage-level ones are in
+tests/storage/test_index_specs.py)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import semindex
+from tests.api.serving import free_port, wait_healthy
+from tests.support import REPO, SAMPLE, run_cli
+
+
+def _vec(i: int, dim: int = 8) -> list[float]:
+    v = np.random.default_rng(i).standard_normal(dim)
+    return [float(x) for x in v / np.linalg.norm(v)]
+
+
+# -- class 1: an index that cannot be built yet never fails a write; a spec that never works is 422 --
+
+
+@pytest.mark.parametrize("spec", ["PQ4", "IVF64,Flat", "IVF16,PQ4"])
+def test_untrainable_index_upsert_is_acknowledged_and_served(tmp_path: Path, thread_server: Any,
+                                                             db_url: str | None, spec: str) -> None:
+    store = semindex.Store(tmp_path / "s", db_url=db_url)
+    srv = thread_server(store)
+    with httpx.Client(base_url=srv.base, timeout=60) as c:
+        assert c.post("/collections", json={"name": "other", "dimension": 8}).status_code == 201
+        assert c.post("/collections", json={"name": "pq", "dimension": 8, "index": spec}).status_code == 201
+        body = {"ids": [f"d{i}" for i in range(5)], "embeddings": [_vec(i) for i in range(5)]}
+        r = c.post("/collections/pq/documents", json=body)
+        assert r.status_code == 200, r.text
+        r = c.post("/collections/pq/search", json={"vector": _vec(3), "k": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["hits"][0]["id"] == "d3"
+        assert c.get("/collections/pq").status_code == 200
+        assert c.get("/collections").status_code == 200
+        assert c.get("/collections/other").status_code == 200
+
+
+@pytest.mark.parametrize("spec", ["IVF0,Flat", "HNSW0", "HNSW-1", "NSG32", "IVF99999999,Flat", "PQ3"])
+def test_a_spec_that_can_never_work_is_422(tmp_path: Path, thread_server: Any, spec: str) -> None:
+    store = semindex.Store(tmp_path / "s")
+    srv = thread_server(store)
+    with httpx.Client(base_url=srv.base, timeout=60) as c:
+        r = c.post("/collections", json={"name": "bad", "dimension": 8, "index": spec})
+        assert r.status_code == 422, r.text
+        assert c.get("/collections").json()["collections"] == []
+        assert c.get("/collections/bad").status_code == 404
+
+
+def test_cli_refuses_a_bad_spec_in_one_line(tmp_path: Path) -> None:
+    np.save(tmp_path / "v.npy", np.stack([_vec(i) for i in range(5)]).astype(np.float32))
+    proc = run_cli("import-vectors", str(tmp_path / "v.npy"), "--store", str(tmp_path / "s"), "-c", "v",
+                   "--index", "IVF0,Flat")
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "IVF" in errors[0] and "Traceback" not in proc.stderr
+    run_cli("index", str(SAMPLE), "--store", str(tmp_path / "s"), check=True)
+    for spec in ("NSG32", "HNSW-1"):
+        proc = run_cli("reindex", "--store", str(tmp_path / "s"), "--index", spec)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# -- class 2: a size from a request is bounded, tested under a memory limit ------------------------
+
+
+def test_huge_nlist_refused_under_a_memory_limit(tmp_path: Path) -> None:
+    """`{"dimension": 4, "index": "IVF99999999,Flat"}` once took the server to 16.5 GB. The server
+    runs here under RLIMIT_AS = 12 GiB (the old behaviour mapped 16.5 GB), so a regression fails fast
+    (MemoryError or a crash) instead of swapping the machine."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEMINDEX_") or k == "SEMINDEX_MODEL"}
+    env["PYTHONPATH"] = str(REPO)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))
+
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "semindex", "serve", "--store", str(tmp_path / "s"),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=limit)
+    proc.log_path = str(tmp_path / "serve.log")  # type: ignore[attr-defined]
+    try:
+        wait_healthy(base, proc)
+        with httpx.Client(base_url=base, timeout=60) as c:
+            for spec in ("IVF99999999,Flat", "PQ4x40", "HNSW1000000", "PCA4096,Flat", "IVF0,Flat"):
+                r = c.post("/collections", json={"name": "big", "dimension": 4, "index": spec})
+                assert r.status_code == 422, (spec, r.text)
+            r = c.post("/collections", json={"name": "wide", "dimension": 50_000_000})
+            assert r.status_code == 422, r.text
+            assert c.get("/collections").json()["collections"] == []
+            assert c.get("/health").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
