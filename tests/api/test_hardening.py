@@ -104,3 +104,24 @@ def test_huge_nlist_refused_under_a_memory_limit(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+# -- class 5: /metrics labels are bounded --------------------------------------------------------
+
+
+def test_metrics_labels_bounded_under_random_methods_and_paths(tmp_path: Path, thread_server: Any) -> None:
+    import random
+    import re
+
+    srv = thread_server(semindex.Store(tmp_path / "s"))
+    rng = random.Random(11)
+    with httpx.Client(base_url=srv.base, timeout=30) as c:
+        for i in range(300):
+            method = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(8))
+            c.request(method, rng.choice(["/health", "/collections", f"/nope/{i}", f"/collections/c{i}"]))
+        text = c.get("/metrics").text
+    methods = set(re.findall(r'method="([^"]*)"', text))
+    routes = set(re.findall(r'route="([^"]*)"', text))
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}, methods
+    assert len(routes) <= 30 and not any(r.startswith("/nope/") for r in routes), routes
+    assert len(text) < 200_000
