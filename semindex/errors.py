@@ -42,6 +42,14 @@ class InvalidInputError(SemindexError):
     exit_code = 2
 
 
+class ResponseTooLargeError(InvalidInputError):
+    """A search whose answer would exceed the response budget (hits x their text): ask for fewer
+    hits or queries, or for ids only (``include_text: false``)."""
+
+    code = "response_too_large"
+    http_status = 413
+
+
 class FilterError(InvalidInputError):
     code = "invalid_filter"
 
@@ -158,6 +166,7 @@ __all__ = [
     "CollectionExistsError",
     "CollectionNotFoundError",
     "ConfigError",
+    "ResponseTooLargeError",
     "IndexSpecError",
     "ConflictError",
     "ConsistencyError",

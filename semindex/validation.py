@@ -16,9 +16,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["INT64", "MAX_JSON_DEPTH", "has_nul", "json_value_problem", "string_problem"]
+__all__ = ["INT64", "MAX_JSON_DEPTH", "MAX_TEXT_CHARS", "has_nul", "json_value_problem", "string_problem"]
 
 MAX_JSON_DEPTH = 32
+MAX_TEXT_CHARS = 1_000_000  # one document's text (or title): the API's limit, enforced by the store too
 INT64 = 2**63
 
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from .. import __version__
 from ..core import Collection, CollectionInfo, Hit, Store
-from ..errors import DocumentNotFoundError
+from ..errors import DocumentNotFoundError, ResponseTooLargeError
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
     COLLECTION_NAME,
@@ -74,10 +74,36 @@ def _info(info: CollectionInfo) -> CollectionOut:
     return CollectionOut(**info.as_dict())
 
 
-def _hits(hits: list[Hit]) -> SearchResponse:
+MAX_RESPONSE_BYTES = 32 << 20  # text + title + metadata of every hit of one search answer
+
+
+def _hits(hits: list[Hit], include_text: bool = True) -> SearchResponse:
+    if not include_text:  # ids, scores and metadata only: what a caller that fetches text itself needs
+        return SearchResponse(hits=[HitOut(id=h.id, score=h.score, text="", title=None, metadata=h.metadata)
+                                    for h in hits])
     return SearchResponse(
         hits=[HitOut(id=h.id, score=h.score, text=h.text, title=h.title, metadata=h.metadata) for h in hits]
     )
+
+
+def _bound_response(results: list[list[Hit]], include_text: bool) -> None:
+    """Refuse (413) an answer over MAX_RESPONSE_BYTES before it is serialised: k x queries x text
+    is otherwise unbounded (64 copies of one vector once returned 336 MB from a 917-byte request)."""
+    import json
+
+    total = 0
+    for hits in results:
+        for h in hits:
+            total += len(h.id) + 64
+            if include_text:
+                total += len(h.text.encode("utf-8", "replace")) + len((h.title or "").encode("utf-8", "replace"))
+            if h.metadata:
+                total += len(json.dumps(h.metadata, ensure_ascii=False, default=str))
+            if total > MAX_RESPONSE_BYTES:
+                raise ResponseTooLargeError(
+                    f"the answer would exceed {MAX_RESPONSE_BYTES >> 20} MiB of hits; ask for a smaller k or "
+                    "fewer queries, or for ids and scores only with \"include_text\": false"
+                )
 
 
 # -- health and metrics ----------------------------------------------------------
@@ -198,7 +224,8 @@ def search(request: Request, name: CollectionName, body: SearchRequest) -> Searc
     else:
         hits = coll.search(body.query, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank,
                            fusion=body.fusion, alpha=body.alpha)
-    return _hits(hits)
+    _bound_response([hits], body.include_text)
+    return _hits(hits, body.include_text)
 
 
 @router.post("/collections/{name}/search/batch", response_model=BatchSearchResponse, tags=["search"])
@@ -211,4 +238,5 @@ def search_batch(request: Request, name: CollectionName, body: BatchSearchReques
     else:
         results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode,
                                     rerank=body.rerank, fusion=body.fusion, alpha=body.alpha)
-    return BatchSearchResponse(results=[_hits(r) for r in results])
+    _bound_response(results, body.include_text)
+    return BatchSearchResponse(results=[_hits(r, body.include_text) for r in results])

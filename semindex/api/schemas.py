@@ -224,7 +224,11 @@ class DocumentDeleted(BaseModel):
 
 
 class _VectorCommon(_Model):
-    k: int = Field(default=10, ge=1, le=MAX_K)
+    k: int = Field(default=10, ge=1, le=MAX_K, strict=True)  # "5" and true are refused, not coerced
+    include_text: bool = Field(
+        default=True, strict=True,
+        description="false: hits carry id, score and metadata only (text empty, no title): smaller answers.",
+    )
     filter: dict[str, Any] | None = Field(
         default=None,
         description='Metadata filter, e.g. {"year": {"$gte": 2020}, "topic": {"$in": ["a", "b"]}}; '

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy.engine import Connection
 
 from ..errors import InvalidInputError, InvalidNameError
-from ..validation import has_nul, json_value_problem
+from ..validation import MAX_TEXT_CHARS, has_nul, json_value_problem
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Collection names: safe in a URL path, a file name and a SQL identifier suffix."""
@@ -171,6 +171,14 @@ def check_storable(doc: DocWrite) -> None:
         if has_nul(value):
             raise InvalidInputError(
                 f"document {doc.doc_id!r}: its {what} contains a NUL character, which cannot be stored"
+            )
+    for what, value in (("text", doc.text), ("title", doc.title)):
+        # every write path (documents, vectors-only adds with texts, the CLI, the library) ends here,
+        # so one limit holds for all of them; a larger text only makes every search answer larger
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise InvalidInputError(
+                f"document {doc.doc_id!r}: its {what} has {len(value):,} characters, over the "
+                f"{MAX_TEXT_CHARS:,} limit; split it into several documents"
             )
     problem = json_value_problem(doc.metadata, "its metadata")
     if problem:

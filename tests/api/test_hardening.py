@@ -125,3 +125,46 @@ def test_metrics_labels_bounded_under_random_methods_and_paths(tmp_path: Path, t
     assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}, methods
     assert len(routes) <= 30 and not any(r.startswith("/nope/") for r in routes), routes
     assert len(text) < 200_000
+
+
+# -- class 3: one text limit on every write path; bounded answers; ids only ----------------------
+
+
+def test_text_limit_on_every_write_path_and_bounded_answers(tmp_path: Path, thread_server: Any,
+                                                            db_url: str | None) -> None:
+    store = semindex.Store(tmp_path / "s", db_url=db_url)
+    srv = thread_server(store)
+    with httpx.Client(base_url=srv.base, timeout=120) as c:
+        assert c.post("/collections", json={"name": "v", "dimension": 8}).status_code == 201
+        big = {"ids": ["x"], "embeddings": [_vec(0)], "texts": ["a" * 1_000_001]}
+        r = c.post("/collections/v/documents", json=big)
+        assert r.status_code == 422 and "1,000,000" in r.text, r.text
+        assert c.get("/collections/v").json()["count"] == 0
+        with pytest.raises(semindex.errors.InvalidInputError):  # the library refuses it too
+            store.collection("v").add_embeddings(["x"], np.asarray([_vec(0)]), texts=["a" * 1_000_001])
+        for i in range(8):
+            body = {"ids": [f"d{i}"], "embeddings": [_vec(i)], "texts": ["é" * 700_000], "metadata": [{"n": i}]}
+            assert c.post("/collections/v/documents", json=body).status_code == 200
+        ask = {"vectors": [_vec(1)] * 8, "k": 8}  # 8 x 8 x 1.4 MB > 32 MiB
+        r = c.post("/collections/v/search/batch", json=ask)
+        assert r.status_code == 413 and "include_text" in r.text, r.text[:300]
+        r = c.post("/collections/v/search/batch", json={**ask, "include_text": False})
+        assert r.status_code == 200 and len(r.content) < 100_000
+        hit = r.json()["results"][0]["hits"][0]
+        assert hit["id"] == "d1" and hit["text"] == "" and hit["metadata"] == {"n": 1}
+        r = c.post("/collections/v/search", json={"vector": _vec(2), "k": 1})
+        assert r.status_code == 200 and r.json()["hits"][0]["text"] == "é" * 700_000
+
+
+# -- class 7 (#13): strict types ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", ["5", True, 5.0, None])
+def test_k_has_a_strict_type(tmp_path: Path, thread_server: Any, k: Any) -> None:
+    store = semindex.Store(tmp_path / "s")
+    store.create_collection("v", dimension=8)
+    srv = thread_server(store)
+    with httpx.Client(base_url=srv.base, timeout=30) as c:
+        r = c.post("/collections/v/search", json={"vector": _vec(0), "k": k})
+        assert r.status_code == 422, r.text
+        assert c.post("/collections/v/search", json={"vector": _vec(0), "k": 5}).status_code == 200
