@@ -8,7 +8,9 @@ transaction can take the write lock up front (``BEGIN IMMEDIATE``).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,19 @@ def _create_schema(engine: Engine) -> str:
             s.metadata_obj.create_all(conn, checkfirst=True)
             migrate.upgrade(conn)
             return _store_id(conn)
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds the write lock from its first statement (SQLite: BEGIN IMMEDIATE,
+    waiting out the busy timeout). For DDL-like paths that read before they write (drop): a
+    deferred SQLite transaction that read first fails at once with "database is locked" when
+    another writer committed meanwhile, whatever the busy timeout."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn = conn.execution_options(semindex_begin="BEGIN IMMEDIATE")
+        with conn.begin():
+            yield conn
 
 
 def _store_id(conn: Connection) -> str:

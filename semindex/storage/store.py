@@ -52,7 +52,7 @@ from .autoindex import (
 )
 from .check import CheckReport
 from .checkpoint import format_params, jsonable, load_checkpoint_index, read_manifest, write_checkpoint
-from .engine import default_db_url, make_engine, open_schema
+from .engine import default_db_url, make_engine, open_schema, write_transaction
 from .failures import index_write_error, storage_error
 from .filters import compile_filter
 from .records import (
@@ -186,20 +186,35 @@ class Storage:
             record = self.get_record(name)
             if record is None:
                 raise CollectionNotFoundError(name)
+            try:
+                self._drop_rows(name, record.id)
+            except sa.exc.OperationalError as exc:
+                raise storage_error(exc) from exc
             coll = self._collections.pop(name, None)
             if coll is not None:
-                coll.closed = True
-            with self.engine.begin() as conn:
-                for hook in self.hooks:
-                    hook.on_drop(conn, record.id)
-                conn.execute(sa.delete(s.changes).where(s.changes.c.collection_id == record.id))
-                runs = sa.select(s.runs.c.run_id).where(s.runs.c.collection_id == record.id)
-                conn.execute(sa.delete(s.run_shards).where(s.run_shards.c.run_id.in_(runs)))
-                conn.execute(sa.delete(s.runs).where(s.runs.c.collection_id == record.id))
-                conn.execute(sa.delete(s.chunks).where(s.chunks.c.collection_id == record.id))
-                conn.execute(sa.delete(s.documents).where(s.documents.c.collection_id == record.id))
-                conn.execute(sa.delete(s.collections).where(s.collections.c.id == record.id))
+                coll.closed = coll.dropped = True
             shutil.rmtree(self.index_root / f"c{record.id}", ignore_errors=True)
+
+    def _drop_rows(self, name: str, cid: int) -> None:
+        """Delete one collection's rows in one transaction that takes the write lock first and
+        then the collection row (the order every write takes them), so a concurrent write or
+        drop waits instead of failing with "database is locked"; gone meanwhile: not found."""
+        c = s.collections.c
+        with write_transaction(self.engine) as conn:
+            bumped = conn.execute(
+                sa.update(s.collections).where(c.id == cid).values(version=c.version + 1).returning(c.id)
+            ).first()
+            if bumped is None:  # dropped by another process meanwhile
+                raise CollectionNotFoundError(name)
+            for hook in self.hooks:
+                hook.on_drop(conn, cid)
+            conn.execute(sa.delete(s.changes).where(s.changes.c.collection_id == cid))
+            runs = sa.select(s.runs.c.run_id).where(s.runs.c.collection_id == cid)
+            conn.execute(sa.delete(s.run_shards).where(s.run_shards.c.run_id.in_(runs)))
+            conn.execute(sa.delete(s.runs).where(s.runs.c.collection_id == cid))
+            conn.execute(sa.delete(s.chunks).where(s.chunks.c.collection_id == cid))
+            conn.execute(sa.delete(s.documents).where(s.documents.c.collection_id == cid))
+            conn.execute(sa.delete(s.collections).where(c.id == cid))
 
     def rename_collection(self, name: str, new_name: str) -> None:
         """Give collection ``name`` the free name ``new_name`` in one UPDATE (rows, index files and
@@ -265,6 +280,7 @@ class CollectionStorage:
         self.rows = Rows(storage.engine, record.id, record.dimension, record.name)
         self.last_index_change: str | None = None  # what the last automatic rebuild did, for `info`
         self.closed = False
+        self.dropped = False  # closed because the collection was deleted: callers get "not found"
         self._lock = threading.RLock()
         self._ops_since_checkpoint = 0
         self._checkpoint_version = -1
@@ -474,6 +490,8 @@ class CollectionStorage:
 
     def check_open(self) -> None:
         """Raise StorageError when this collection was closed or dropped (by this process)."""
+        if self.dropped:
+            raise CollectionNotFoundError(self.record.name)
         if self.closed:
             raise StorageError(f"collection {self.record.name!r} is closed")
 

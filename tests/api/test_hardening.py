@@ -168,3 +168,36 @@ def test_k_has_a_strict_type(tmp_path: Path, thread_server: Any, k: Any) -> None
         r = c.post("/collections/v/search", json={"vector": _vec(0), "k": k})
         assert r.status_code == 422, r.text
         assert c.post("/collections/v/search", json={"vector": _vec(0), "k": 5}).status_code == 200
+
+
+# -- class 6 (#9): concurrent create/delete of one name -------------------------------------------
+
+
+def test_concurrent_create_delete_of_one_name_never_5xx(tmp_path: Path, thread_server: Any,
+                                                        db_url: str | None) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = semindex.Store(tmp_path / "s", db_url=db_url)
+    srv = thread_server(store)
+
+    def worker(seed: int) -> list[int]:
+        codes = []
+        with httpx.Client(base_url=srv.base, timeout=120) as c:
+            for i in range(25):
+                op = (seed + i) % 4
+                if op == 0:
+                    r = c.post("/collections", json={"name": "x", "dimension": 8})
+                elif op == 1:
+                    r = c.delete("/collections/x")
+                elif op == 2:
+                    r = c.post("/collections/x/documents", json={"ids": [f"d{i}"], "embeddings": [_vec(i)]})
+                else:
+                    r = c.post("/collections/x/search", json={"vector": _vec(i), "k": 3})
+                codes.append(r.status_code)
+                assert r.status_code < 500, (op, r.status_code, r.text)
+        return codes
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = [c for cs in pool.map(worker, range(8)) for c in cs]
+    assert set(codes) <= {200, 201, 404, 409}, set(codes)
+    assert 404 in codes and 201 in codes
