@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from .. import __version__
 from ..core import Collection, CollectionInfo, Hit, Store
-from ..errors import DocumentNotFoundError, ResponseTooLargeError
+from ..errors import DocumentNotFoundError, InvalidInputError, ResponseTooLargeError
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
     COLLECTION_NAME,
@@ -109,7 +109,8 @@ def _bound_response(results: list[list[Hit]], include_text: bool) -> None:
 # -- health and metrics ----------------------------------------------------------
 
 
-@health_router.get("/health", response_model=Health, tags=["service"], summary="Liveness (no auth)")
+@health_router.api_route("/health", methods=["GET", "HEAD"], response_model=Health, tags=["service"],
+                         summary="Liveness (no auth)")
 async def health() -> Health:
     return Health(status="ok", version=__version__)
 
@@ -172,6 +173,11 @@ def upsert_documents(
     visible to searches once this response has returned.
     """
     coll = _coll(request, name)
+    if not isinstance(body, DocumentsUpsert) and coll.model is not None:
+        raise InvalidInputError(
+            f"collection {name!r} encodes its documents with {coll.model!r}; send documents with "
+            "text (vectors from elsewhere would not match its queries), or use a vectors-only collection"
+        )
     if isinstance(body, DocumentsUpsert):
         docs = [d.model_dump(exclude_none=True) for d in body.documents]
         stats = coll.add(docs, commit_every=len(docs))

@@ -96,8 +96,15 @@ def serve_command(
 
     from ..api import create_app
 
+    if api_key is not None and api_key.strip() != api_key:
+        # clients send the key trimmed (a header value cannot keep surrounding spaces), so an
+        # untrimmed one would lock everyone out; a blank one would pass the public-host check
+        if not api_key.strip():
+            raise ConfigError("--api-key is blank; set a real key (or no key on a loopback host)")
+        api_key = api_key.strip()
     api_key = api_key or None
     check_exposure(host, api_key, insecure)
+    check_port_free(host, port)  # before loading anything: a busy port is one clear line
     logging.getLogger("semindex").setLevel(log_level.upper())
     apply_threads(torch_threads)  # torch and the exported backends alike
     set_process_defaults(backend, precision)
@@ -122,12 +129,36 @@ def serve_command(
         server = _server(config)
         click.echo(f"semindex: serving {store.path} on http://{host}:{port} "
                    f"({'API key required' if api_key else 'no API key'})", err=True)
-        server.run()
+        try:
+            server.run()
+        except SystemExit as exc:  # uvicorn exits 3 (our "not found" code) when it cannot start
+            raise ConfigError(f"the server did not start on {host}:{port} (see the log above)") from exc
         if not server.started:
             raise ConfigError(f"the server did not start on {host}:{port} (see the log above)")
     finally:
         store.close()
     click.echo("semindex: shut down cleanly", err=True)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError (exit 2, one line) when ``host:port`` cannot be bound, e.g. another server
+    holds it; bound the way uvicorn binds (SO_REUSEADDR), then released at once."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                              "(another server there? pick another --port)") from exc
 
 
 _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)

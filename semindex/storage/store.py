@@ -597,11 +597,9 @@ class CollectionStorage:
         """Upsert ``docs`` and delete ``delete_ids`` in one transaction, then update the index."""
         self.check_open()
         result = WriteResult()
-        # last one wins when an id repeats within a batch
+        # last one wins when an id repeats within a batch, and it counts once (as added or updated)
         by_id: dict[str, DocWrite] = {}
         for doc in docs:
-            if doc.doc_id in by_id:
-                result.updated += 1
             by_id[doc.doc_id] = doc
         for doc in by_id.values():
             self._check_write(doc)

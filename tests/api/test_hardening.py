@@ -201,3 +201,38 @@ def test_concurrent_create_delete_of_one_name_never_5xx(tmp_path: Path, thread_s
         codes = [c for cs in pool.map(worker, range(8)) for c in cs]
     assert set(codes) <= {200, 201, 404, 409}, set(codes)
     assert 404 in codes and 201 in codes
+
+
+# -- class 7 (#13): the smaller items ---------------------------------------------------------------
+
+
+def test_small_items_head_health_duplicate_ids_embeddings_into_model_collection(
+        tmp_path: Path, thread_server: Any) -> None:
+    store = semindex.Store(tmp_path / "s")
+    store.create_collection("v", dimension=8)
+    store.collection("m")  # a model collection (the default model of this lane)
+    srv = thread_server(store)
+    with httpx.Client(base_url=srv.base, timeout=60) as c:
+        assert c.head("/health").status_code == 200
+        r = c.post("/collections/v/documents", json={"ids": ["a", "a"], "embeddings": [_vec(1), _vec(2)]})
+        assert r.status_code == 200 and (r.json()["added"], r.json()["updated"]) == (1, 0), r.text
+        r = c.post("/collections/v/search", json={"vector": _vec(2), "k": 1})
+        assert r.json()["hits"][0]["id"] == "a" and r.json()["hits"][0]["score"] > 0.999
+        dim = c.get("/collections/m").json()["dimension"]
+        r = c.post("/collections/m/documents", json={"ids": ["x"], "embeddings": [_vec(0, dim)]})
+        assert r.status_code == 422 and "vectors-only" in r.text, r.text
+        assert c.get("/collections/m").json()["count"] == 0
+
+
+def test_serve_api_key_blank_or_untrimmed_and_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    proc = run_cli("serve", "--store", str(tmp_path / "s"), "--host", "0.0.0.0", "--api-key", "   ")
+    assert proc.returncode == 2 and "blank" in proc.stderr, proc.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("serve", "--store", str(tmp_path / "s"), "--port", str(port), timeout=120)
+    assert proc.returncode == 2 and "cannot listen" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
