@@ -140,6 +140,7 @@ def create_app(
     close_store: bool = False,
     warm_up: bool = True,
     embed_models: Sequence[str] | None = None,
+    allow_models: Sequence[str] = (),
 ) -> FastAPI:
     """The semindex HTTP API over ``store``.
 
@@ -149,6 +150,8 @@ def create_app(
     in flight have finished; ``semindex serve`` sets it.
     ``embed_models``: the models /v1/embeddings serves (default: the default model plus
     every collection's model, looked up per request).
+    ``allow_models``: models (bi-encoders for new collections, cross-encoders for ``rerank``)
+    requests may name besides the default model and the collections' own; nothing else is loaded.
     """
     api_key = api_key or None
 
@@ -178,6 +181,8 @@ def create_app(
     app.state.gate = WorkGate()
     app.state.api_key = api_key
     app.state.embed_models = tuple(embed_models) if embed_models is not None else None
+    app.state.allow_models = tuple(m.strip() for m in allow_models)
+    app.state.default_model = None  # filled on first use (warm-up has loaded it)
 
     responses = dict(_ERROR_RESPONSES)
     deps = []

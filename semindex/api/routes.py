@@ -8,6 +8,7 @@ shutdown wait for writes in flight.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -68,6 +69,39 @@ def _metrics(request: Request) -> Metrics:
 
 def _coll(request: Request, name: str) -> Collection:
     return _store(request).get_collection(name)
+
+
+def _check_model(request: Request, model: str | None, what: str) -> None:
+    """Refuse a model the server does not serve (422), before anything touches the file system.
+
+    Served: the operator's ``serve --allow-model`` list, the default model and every collection's
+    own model. A request never names an arbitrary folder or hub id to load: that disclosed which
+    paths exist and cached whatever it loaded for the life of the process. The answer never
+    depends on the server's files, so it discloses nothing about them."""
+    if model is None:
+        return
+    m = model.strip()
+    state = request.app.state
+    allowed: set[str] = set(getattr(state, "allow_models", ()) or ())
+    if m in allowed:
+        return
+    if getattr(state, "default_model", None) is None:
+        from ..core import model_info  # the default model is loaded by warm-up already
+
+        state.default_model = model_info(None).name
+    allowed.add(state.default_model)
+    store = _store(request)
+    for name in store.collection_names():
+        with contextlib.suppress(Exception):  # a broken collection must not fail another's request
+            cm = store.get_collection(name).model
+            if cm:
+                allowed.add(cm)
+    if m not in allowed:
+        shown = m if len(m) <= 80 else m[:77] + "..."
+        raise InvalidInputError(
+            f"{what} {shown!r} is not served here; the server's operator can allow it with "
+            "`semindex serve --allow-model NAME`"
+        )
 
 
 def _info(info: CollectionInfo) -> CollectionOut:
@@ -141,6 +175,7 @@ def list_collections(request: Request) -> CollectionList:
 )
 def create_collection(request: Request, body: CollectionCreate) -> CollectionOut:
     """Create a collection with a model (default all-MiniLM-L6-v2), or a vectors-only one: a dimension and no model."""
+    _check_model(request, body.model, "model")
     coll = _store(request).create_collection(
         body.name, model=body.model, dimension=body.dimension, metric=body.metric, index=body.index
     )
@@ -228,6 +263,7 @@ def search(request: Request, name: CollectionName, body: SearchRequest) -> Searc
     if isinstance(body, VectorSearch):
         hits = coll.search_vectors(np.asarray([body.vector], dtype=np.float32), body.k, filter=body.filter)[0]
     else:
+        _check_model(request, body.rerank, "rerank model")
         hits = coll.search(body.query, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank,
                            fusion=body.fusion, alpha=body.alpha)
     _bound_response([hits], body.include_text)
@@ -242,6 +278,7 @@ def search_batch(request: Request, name: CollectionName, body: BatchSearchReques
     if isinstance(body, VectorBatchSearch):
         results = coll.search_vectors(np.asarray(body.vectors, dtype=np.float32), body.k, filter=body.filter)
     else:
+        _check_model(request, body.rerank, "rerank model")
         results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode,
                                     rerank=body.rerank, fusion=body.fusion, alpha=body.alpha)
     _bound_response(results, body.include_text)

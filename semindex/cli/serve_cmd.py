@@ -63,6 +63,13 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
 @click.option("--embed-model", "embed_models", multiple=True, metavar="MODEL",
               help="A model POST /v1/embeddings serves (repeat for more; loaded at start-up). "
                    "Default: the default model plus every collection's model.")
+@click.option("--allow-model", "allow_models", multiple=True, metavar="MODEL",
+              help="A model requests may name (a new collection's model, or a rerank cross-encoder); repeat "
+                   "for more. Always allowed: the default model and each collection's own. Nothing else is loaded.")
+@click.option("--limit-concurrency", default=256, show_default=True, type=click.IntRange(1, None),
+              help="Connections (and tasks) at once; more are answered 503 at once instead of queueing.")
+@click.option("--timeout-keep-alive", default=5, show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds an idle keep-alive connection is held open.")
 def serve_command(
     store_path: Path,
     db_url: str | None,
@@ -78,6 +85,9 @@ def serve_command(
     log_level: str,
     access_log: bool,
     embed_models: tuple[str, ...],
+    allow_models: tuple[str, ...],
+    limit_concurrency: int,
+    timeout_keep_alive: int,
 ) -> None:
     """Serve the store over HTTP (JSON; docs at /docs, schema at /openapi.json).
 
@@ -116,7 +126,7 @@ def serve_command(
 
             served = [model_info(m, device).name for m in embed_models]  # fail fast on a model that cannot load
         app = create_app(store, api_key=api_key, max_body_bytes=max_body_bytes, close_store=True,
-                         embed_models=served)
+                         embed_models=served, allow_models=allow_models)
         config = uvicorn.Config(
             app,
             host=host,
@@ -125,6 +135,9 @@ def serve_command(
             access_log=access_log,
             timeout_graceful_shutdown=60,
             lifespan="on",
+            limit_concurrency=limit_concurrency,  # a flood of sockets gets 503s, not "Too many open files"
+            timeout_keep_alive=timeout_keep_alive,
+            h11_max_incomplete_event_size=64 * 1024,  # request line + headers
         )
         server = _server(config)
         click.echo(f"semindex: serving {store.path} on http://{host}:{port} "

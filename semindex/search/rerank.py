@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from ..indexer.encoder import choose_device
 
 log = logging.getLogger(__name__)
 
-_cache: dict[tuple[str, str], Reranker] = {}
+_cache: OrderedDict[tuple[str, str], Reranker] = OrderedDict()
 _cache_lock = threading.Lock()
+CACHE_SIZE = 4  # cross-encoders kept loaded (least recently used evicted): a server's memory stays bounded
 
 
 class Reranker:
@@ -37,7 +39,7 @@ class Reranker:
             import transformers
             from sentence_transformers import CrossEncoder
 
-            transformers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated upstream
             self.model: Any = CrossEncoder(self.name, device=self.device)
         except (OSError, ValueError) as exc:
             raise ConfigError(
@@ -63,6 +65,10 @@ def get_reranker(model: str, device: str | None = None) -> Reranker:
         if r is None:
             r = Reranker(model, device)
             _cache[key] = r
+            while len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
+        else:
+            _cache.move_to_end(key)
         return r
 
 

@@ -236,3 +236,33 @@ def test_serve_api_key_blank_or_untrimmed_and_busy_port(tmp_path: Path) -> None:
         proc = run_cli("serve", "--store", str(tmp_path / "s"), "--port", str(port), timeout=120)
     assert proc.returncode == 2 and "cannot listen" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- class 8 (#8): models are a server-side allow-list ----------------------------------------------
+
+
+def test_models_are_an_allow_list_and_refusals_reveal_nothing(tmp_path: Path, thread_server: Any) -> None:
+    store = semindex.Store(tmp_path / "s")
+    store.collection()  # the default collection, with the default model of this lane
+    srv = thread_server(store, allow_models=["hash:64"])
+    with httpx.Client(base_url=srv.base, timeout=60) as c:
+        bodies = []
+        for probe in ("/etc/passwd", "/etc", "/nonexistent/xyz", "~", "/proc/self/cwd", str(REPO)):
+            r = c.post("/collections", json={"name": "p", "model": probe})
+            assert r.status_code == 422, r.text
+            r2 = c.post("/collections/default/search", json={"query": "x", "rerank": probe})
+            assert r2.status_code == 422, r2.text
+            for text in (r.text, r2.text):
+                assert str(Path.home()) not in text.replace(probe, "") and str(os.getpid()) not in text
+                bodies.append(text.replace(probe, "P"))
+        assert len({b for b in bodies[::2]}) == 1 and len({b for b in bodies[1::2]}) == 1  # same answer for all
+        assert c.post("/collections", json={"name": "ok", "model": "hash:64"}).status_code == 201
+        default = c.get("/collections/default").json()["model"]
+        assert c.post("/collections", json={"name": "ok2", "model": default}).status_code == 201
+        assert "p" not in {x["name"] for x in c.get("/collections").json()["collections"]}
+
+
+def test_rerank_cache_is_bounded() -> None:
+    from semindex.search import rerank
+
+    assert rerank.CACHE_SIZE <= 8
