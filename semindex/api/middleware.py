@@ -39,6 +39,32 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+class _Duplicate(Exception):
+    pass
+
+
+def duplicate_key(raw: bytes) -> str | None:
+    """The first key repeated within one JSON object of ``raw``, or None (also for a body that is
+    not JSON: the route's own parsing answers that). Checked on bodies with a filter, whose
+    conditions a duplicate would silently drop (FastAPI keeps the last)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for k, _ in items:
+            if k in seen:
+                raise _Duplicate(k)
+            seen.add(k)
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except _Duplicate as exc:
+        return str(exc.args[0])
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
 class BodyLimitMiddleware:
     """413 for a body over ``max_bytes``: by Content-Length up front, and by counting what actually arrives.
 
@@ -79,7 +105,14 @@ class BodyLimitMiddleware:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
-        buffered: dict[str, Any] | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        raw = b"".join(chunks)
+        dup = duplicate_key(raw) if b'"filter"' in raw else None
+        if dup is not None:
+            await send_error(send, 422, "invalid_filter",
+                             f"the request repeats the JSON key {dup[:80]!r} in one object; the last one "
+                             "would silently win, so it is refused (as the CLI's --filter does)")
+            return
+        buffered: dict[str, Any] | None = {"type": "http.request", "body": raw, "more_body": False}
 
         async def replay() -> Message:
             nonlocal buffered

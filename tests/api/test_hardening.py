@@ -266,3 +266,18 @@ def test_rerank_cache_is_bounded() -> None:
     from semindex.search import rerank
 
     assert rerank.CACHE_SIZE <= 8
+
+
+def test_duplicate_keys_in_a_filter_are_refused(tmp_path: Path, thread_server: Any) -> None:
+    store = semindex.Store(tmp_path / "s")
+    store.create_collection("v", dimension=8)
+    srv = thread_server(store)
+    vec = ",".join(str(x) for x in _vec(0))
+    with httpx.Client(base_url=srv.base, timeout=30) as c:
+        for flt in ('{"a": 1, "a": 2}', '{"$and": [{"b": {"$gt": 1, "$gt": 5}}]}'):
+            raw = f'{{"vector": [{vec}], "k": 3, "filter": {flt}}}'
+            r = c.post("/collections/v/search", content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 422 and r.json()["error"] == "invalid_filter", r.text
+        raw = f'{{"vector": [{vec}], "k": 3, "filter": {{"a": 1, "b": 2}}}}'
+        r = c.post("/collections/v/search", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
