@@ -38,7 +38,17 @@ from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --eng
 from .indexer.vector_files import VectorFile, load_query_vectors, open_vector_file
 from .search.evaluate import QUERY_BATCH, EvalResult, evaluate
 from .search.hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS
-from .search.searcher import DEFAULT_RERANK_TOP, MAX_K, Hit, check_k, vector_search
+from .search.searcher import (  # the MMR/context/level bounds: for the CLI and API
+    DEFAULT_MMR_FETCH_K,
+    DEFAULT_MMR_LAMBDA,
+    DEFAULT_RERANK_TOP,
+    LEVELS,
+    MAX_CONTEXT_CHUNKS,
+    MAX_K,
+    Hit,
+    check_k,
+    vector_search,
+)
 from .search.searcher import search as run_search
 from .storage import CheckReport, CollectionRecord, CollectionStorage, KeywordIndex, Storage, StoredDoc
 from .storage.checkpoint import format_params
@@ -51,14 +61,19 @@ from .storage.records import NAME_RE
 # re-exported here, so those packages can move things around behind it.
 __all__ = [
     "DEFAULT_COLLECTION",
+    "DEFAULT_MMR_FETCH_K",
+    "DEFAULT_MMR_LAMBDA",
     "DEFAULT_RERANK_TOP",
     "DEFAULT_RRF_K",
     "DEFAULT_STORE",
     "DEFAULT_WEIGHTS",
+    "LEVELS",
+    "MAX_CONTEXT_CHUNKS",
     "MAX_K",
     "NAME_RE",
     "QUERY_BATCH",
     "Collection",
+    "ChunkSpec",
     "CollectionInfo",
     "Document",
     "EvalResult",

@@ -30,7 +30,8 @@ def info_command(store_path: Path, db_url: str | None, collection: str, as_json:
         return
     for i in infos:
         click.echo(
-            f"{i.name}: {i.count} documents, model {i.model or '(vectors only)'}, dimension {i.dimension}, "
+            f"{i.name}: {i.count} documents, {i.chunks} chunks{_chunking(i.chunking)}, "
+            f"model {i.model or '(vectors only)'}, dimension {i.dimension}, "
             f"metric {i.metric}, index {i.index_type} ({_human(i.index_bytes)} in memory), "
             f"{_human(i.bytes_on_disk)} on disk"
         )
@@ -39,6 +40,17 @@ def info_command(store_path: Path, db_url: str | None, collection: str, as_json:
             f"  index: {policy}{params_suffix(i.index_params)}, {i.bytes_per_vector:.0f} bytes/vector, "
             f"{_human(i.index_bytes)} total, search on {i.index_device}"
         )
+
+
+def _chunking(cfg: dict[str, object] | None) -> str:
+    """' (chunking 256/32 tokens)', ' (truncated at the window)', or nothing for vectors-only collections."""
+    if cfg is None:
+        return ""
+    if not cfg.get("enabled"):
+        return " (no chunking: truncated at the model's window)"
+    size = cfg.get("size") or "window"
+    overlap = cfg.get("overlap")
+    return f" (chunks of {size} tokens, overlap {'1/8' if overlap is None else overlap})"
 
 
 @cli.command("delete")

@@ -13,14 +13,59 @@ from .backend_opts import apply_threads, backend_options
 from .progress import progress_bar
 
 if TYPE_CHECKING:
-    from ..core import IngestStats
+    from ..core import ChunkSpec, Collection, IngestStats, Store
 
 
-def _summary(stats: IngestStats) -> str:
+def _summary(stats: IngestStats, truncating: bool = False) -> str:
+    """One line; chunks always (a long document makes several), truncated documents when chunking is off."""
+    cut = f", {stats.truncated} truncated at the model's window" if truncating else ""
     return (
         f"added {stats.added}, updated {stats.updated}, unchanged {stats.unchanged}, "
-        f"failed {stats.failed} in {stats.seconds:.1f} s ({stats.docs_per_s:.1f} docs/s)"
+        f"failed {stats.failed}, {stats.chunks} chunks{cut} in {stats.seconds:.1f} s "
+        f"({stats.docs_per_s:.1f} docs/s)"
     )
+
+
+def chunk_spec(chunk_tokens: int | None, chunk_overlap: int | None, no_chunking: bool) -> ChunkSpec | None:
+    """The ChunkSpec the flags ask for (None: none given, the collection's own or the default)."""
+    from ..core import ChunkSpec
+    from ..errors import InvalidInputError
+
+    if no_chunking:
+        if chunk_tokens is not None or chunk_overlap is not None:
+            raise InvalidInputError("--no-chunking cannot be combined with --chunk-tokens or --chunk-overlap")
+        return ChunkSpec(enabled=False)
+    if chunk_tokens is None and chunk_overlap is None:
+        return None
+    return ChunkSpec(size=chunk_tokens, overlap=chunk_overlap)
+
+
+def open_collection(store: Store, name: str, spec: ChunkSpec | None, **opts: object) -> Collection:
+    """Create ``name`` with ``spec``, or open it and refuse flags that contradict its recorded chunking.
+
+    Chunking is fixed when a collection is made (its chunks are already stored), so a differing
+    flag on an existing collection is an error rather than silently ignored.
+    """
+    from ..errors import ConfigError
+
+    existed = store.has_collection(name)
+    coll = store.collection(name, chunking=spec, **opts)  # type: ignore[arg-type]
+    if not existed or spec is None:
+        return coll
+    have = coll.chunking
+    if not have.enabled or not spec.enabled:
+        same = have.enabled == spec.enabled
+    else:
+        window = coll.chunker.window
+        want = spec.resolve(window)
+        same = want == have.resolve(window)
+    if not same:
+        recorded = f"{coll.chunker.size} tokens, overlap {coll.chunker.overlap}" if have.enabled else "off"
+        raise ConfigError(
+            f"collection {name!r} already exists with chunking {recorded}; chunking flags only apply "
+            "to a new collection (index into a new --collection, or drop the flags)"
+        )
+    return coll
 
 
 @cli.command("index")
@@ -52,6 +97,12 @@ def _summary(stats: IngestStats) -> str:
               help="Ray: GPUs per encoder actor (default: 1 when the cluster has GPUs, else 0).")
 @click.option("--resume", is_flag=True,
               help="Ray: continue the interrupted run of this same command (fails if there is none).")
+@click.option("--chunk-tokens", default=None, type=click.IntRange(1, 100_000), metavar="N",
+              help="New collection: chunk size in model tokens (default: the model's window).")
+@click.option("--chunk-overlap", default=None, type=click.IntRange(0, 100_000), metavar="M",
+              help="New collection: tokens shared by consecutive chunks (default: 1/8 of the size).")
+@click.option("--no-chunking", is_flag=True,
+              help="New collection: one vector per document, truncated at the model's window (the summary counts them).")
 @backend_options
 def index_command(
     sources: tuple[Path, ...],
@@ -74,6 +125,9 @@ def index_command(
     actors: int | None = None,
     gpus_per_actor: float | None = None,
     resume: bool = False,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
+    no_chunking: bool = False,
     backend: str | None = None,
     precision: str | None = None,
     torch_threads: int | None = None,
@@ -91,6 +145,7 @@ def index_command(
     """
     from ..core import IngestStats, detect_format, estimate_total, iter_records
 
+    spec = chunk_spec(chunk_tokens, chunk_overlap, no_chunking)
     for src in sources:
         detect_format(src)  # reject a missing or unknown source before any work
     total = estimate_total(list(sources))
@@ -105,7 +160,8 @@ def index_command(
     apply_threads(torch_threads)
     store = open_store(store_path, db_url, must_exist=False, device=device)
     try:
-        coll = store.collection(collection, model=model, backend=backend, precision=precision)
+        coll = open_collection(store, collection, spec, model=model, backend=backend, precision=precision)
+        truncating = not coll.chunking.enabled
         progress_cm, advance = progress_bar(total, "indexing", rate_unit="docs")
         with progress_cm:
             try:
@@ -130,13 +186,13 @@ def index_command(
                         stats=stats,
                     )
             except (SemindexError, KeyboardInterrupt):
-                click.echo(_summary(stats), err=True)
+                click.echo(_summary(stats, truncating), err=True)
                 raise
     finally:
         store.close()
     if as_json:
         echo_json({**stats.as_dict(), "collection": collection, "errors": stats.errors})
     else:
-        click.echo(_summary(stats))
+        click.echo(_summary(stats, truncating))
         for err in stats.errors:
             click.echo(f"skipped: {err}", err=True)

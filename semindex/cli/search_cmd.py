@@ -50,6 +50,16 @@ def parse_filter_option(text: str | None) -> dict[str, Any] | None:
               help="Hybrid fusion: reciprocal rank fusion, or alpha*dense + (1-alpha)*keyword on min-max scores.")
 @click.option("--alpha", default=None, type=click.FloatRange(0, 1),
               help="Dense share for --fusion convex (default: the value tuned on SciFact train).")
+@click.option("--level", type=click.Choice(["document", "chunk"]), default="document", show_default=True,
+              help="document: one hit per document (its best chunk's score); chunk: one hit per chunk.")
+@click.option("--context-chunks", default=0, show_default=True, type=click.IntRange(0, 8), metavar="N",
+              help="Add the best chunk with N neighbours each side as the hit's context.")
+@click.option("--score-threshold", default=None, type=float, metavar="X", help="Drop hits scoring below X.")
+@click.option("--mmr", is_flag=True, help="Re-select the k hits by maximal marginal relevance (diversity).")
+@click.option("--fetch-k", default=None, type=click.IntRange(1, 1000), metavar="N",
+              help="--mmr: candidates it chooses from (default 20).")
+@click.option("--lambda-mult", default=None, type=click.FloatRange(0, 1), metavar="X",
+              help="--mmr: 1 = relevance only, 0 = diversity only (default 0.5).")
 @backend_options
 def search_command(
     query: str | None,
@@ -66,6 +76,12 @@ def search_command(
     rerank_top: int,
     fusion: str,
     alpha: float | None,
+    level: str,
+    context_chunks: int,
+    score_threshold: float | None,
+    mmr: bool,
+    fetch_k: int | None,
+    lambda_mult: float | None,
     backend: str | None,
     precision: str | None,
     torch_threads: int | None,
@@ -80,7 +96,10 @@ def search_command(
       semindex search "sourdough starter" --mode hybrid
     """
     flt = parse_filter_option(filter_json)
+    chunk_opts = _chunk_options(level, context_chunks, score_threshold, mmr, fetch_k, lambda_mult)
     if query_vectors is not None:
+        if level != "document" or context_chunks or score_threshold is not None or mmr:
+            raise InvalidInputError("--level, --context-chunks, --score-threshold and --mmr need a text query")
         if query is not None or queries_file is not None:
             raise InvalidInputError("give one of QUERY, --queries FILE or --query-vectors FILE")
         _vector_batch(store_path, db_url, collection, query_vectors, k, flt)
@@ -95,14 +114,18 @@ def search_command(
         coll = store.collection(collection, create=False, backend=backend, precision=precision)
         if queries_file is not None:
             _batch(coll, queries_file, k, flt, mode=mode, rerank=rerank, rerank_top=rerank_top,
-                   fusion=fusion, alpha=alpha)
+                   fusion=fusion, alpha=alpha, **chunk_opts)
             return
         assert query is not None
         hits = coll.search(query, k, filter=flt, mode=mode, rerank=rerank, rerank_top=rerank_top,
-                           fusion=fusion, alpha=alpha)
+                           fusion=fusion, alpha=alpha, **chunk_opts)
         if as_json:
             for h in hits:
-                echo_json({"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata})
+                row = {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata,
+                       "chunks": [c.as_dict() for c in h.chunks]}
+                if h.context is not None:
+                    row["context"] = h.context
+                echo_json(row)
         else:
             _table(hits)
     finally:
@@ -117,7 +140,27 @@ def _batch(coll: Collection, path: Path, k: int, flt: dict[str, Any] | None, **s
         part = queries[lo : lo + QUERY_BATCH]
         results = coll.search_batch([text for _, text in part], k, filter=flt, **search_opts)
         for (qid, _), hits in zip(part, results):
-            echo_json({"query_id": qid, "hits": [{"id": h.id, "score": round(h.score, 6)} for h in hits]})
+            echo_json({"query_id": qid, "hits": [{"id": h.id, "score": round(h.score, 6),
+                                                   "chunks": [_chunk_row(c) for c in h.chunks]} for h in hits]})
+
+
+def _chunk_row(c: Any) -> dict[str, Any]:
+    return {"index": c.index, "start": c.start, "end": c.end, "score": round(c.score, 6)}
+
+
+def _chunk_options(level: str, context_chunks: int, score_threshold: float | None, mmr: bool,
+                   fetch_k: int | None, lambda_mult: float | None) -> dict[str, Any]:
+    """The chunk/RAG search keywords, checked up front (fetch-k and lambda-mult only mean something with --mmr)."""
+    import math
+
+    from ..core import DEFAULT_MMR_LAMBDA
+
+    if not mmr and (fetch_k is not None or lambda_mult is not None):
+        raise InvalidInputError("--fetch-k and --lambda-mult need --mmr")
+    if score_threshold is not None and not math.isfinite(score_threshold):
+        raise InvalidInputError(f"--score-threshold must be a finite number, got {score_threshold}")
+    return {"level": level, "context_chunks": context_chunks, "score_threshold": score_threshold, "mmr": mmr,
+            "fetch_k": fetch_k, "lambda_mult": DEFAULT_MMR_LAMBDA if lambda_mult is None else lambda_mult}
 
 
 def _vector_batch(store_path: Path, db_url: str | None, collection: str, path: Path, k: int,

@@ -42,7 +42,7 @@ def test_search_table_and_json(indexed: Path) -> None:
     assert "astro-black-holes" in first_row
     proc = invoke_cli("search", "recipe for sourdough bread", "--store", str(indexed), "-k", "2", "--json", check=True)
     hits = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(hits) == 2 and set(hits[0]) == {"id", "score", "text", "metadata"}
+    assert len(hits) == 2 and set(hits[0]) == {"id", "score", "text", "metadata", "chunks"}
     assert hits[0]["id"] == "cook-sourdough" and hits[0]["score"] > hits[1]["score"]
     proc = invoke_cli("search", "anything", "--store", str(indexed), "--json", "-k", "20",
                    "--filter", '{"topic": "medicine", "year": {"$gte": 2020}}', check=True)
@@ -61,7 +61,7 @@ def test_batch_search_queries_file(indexed: Path, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["query_id"] for r in rows] == ["q1", "q2"]
     assert rows[0]["hits"][0]["id"] == "astro-black-holes" and rows[1]["hits"][0]["id"] == "garden-roses"
-    assert all(len(r["hits"]) == 4 and set(r["hits"][0]) == {"id", "score"} for r in rows)
+    assert all(len(r["hits"]) == 4 and set(r["hits"][0]) == {"id", "score", "chunks"} for r in rows)
 
 
 def test_info_delete_check(indexed: Path, tmp_path: Path) -> None:
