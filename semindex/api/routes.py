@@ -16,13 +16,14 @@ import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from .. import __version__
-from ..core import Collection, CollectionInfo, Hit, Store
+from ..core import ChunkSpec, Collection, CollectionInfo, Hit, Store
 from ..errors import DocumentNotFoundError, InvalidInputError, ResponseTooLargeError
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
     COLLECTION_NAME,
     BatchSearchRequest,
     BatchSearchResponse,
+    ChunkOut,
     CollectionCreate,
     CollectionDeleted,
     CollectionList,
@@ -111,12 +112,17 @@ def _info(info: CollectionInfo) -> CollectionOut:
 MAX_RESPONSE_BYTES = 32 << 20  # text + title + metadata of every hit of one search answer
 
 
+def _chunks(h: Hit) -> list[ChunkOut]:
+    return [ChunkOut(index=c.index, start=c.start, end=c.end, score=c.score) for c in h.chunks]
+
+
 def _hits(hits: list[Hit], include_text: bool = True) -> SearchResponse:
-    if not include_text:  # ids, scores and metadata only: what a caller that fetches text itself needs
-        return SearchResponse(hits=[HitOut(id=h.id, score=h.score, text="", title=None, metadata=h.metadata)
-                                    for h in hits])
+    if not include_text:  # ids, scores, metadata and offsets only: what a caller that fetches text itself needs
+        return SearchResponse(hits=[HitOut(id=h.id, score=h.score, text="", title=None, metadata=h.metadata,
+                                           chunks=_chunks(h)) for h in hits])
     return SearchResponse(
-        hits=[HitOut(id=h.id, score=h.score, text=h.text, title=h.title, metadata=h.metadata) for h in hits]
+        hits=[HitOut(id=h.id, score=h.score, text=h.text, title=h.title, metadata=h.metadata, chunks=_chunks(h),
+                     context=h.context) for h in hits]
     )
 
 
@@ -131,6 +137,8 @@ def _bound_response(results: list[list[Hit]], include_text: bool) -> None:
             total += len(h.id) + 64
             if include_text:
                 total += len(h.text.encode("utf-8", "replace")) + len((h.title or "").encode("utf-8", "replace"))
+                total += len((h.context or "").encode("utf-8", "replace"))
+            total += 64 * len(h.chunks)
             if h.metadata:
                 total += len(json.dumps(h.metadata, ensure_ascii=False, default=str))
             if total > MAX_RESPONSE_BYTES:
@@ -176,8 +184,11 @@ def list_collections(request: Request) -> CollectionList:
 def create_collection(request: Request, body: CollectionCreate) -> CollectionOut:
     """Create a collection with a model (default all-MiniLM-L6-v2), or a vectors-only one: a dimension and no model."""
     _check_model(request, body.model, "model")
+    chunking = body.chunking if body.chunking is None or body.chunking is False else ChunkSpec(
+        enabled=body.chunking.enabled, size=body.chunking.size, overlap=body.chunking.overlap)
     coll = _store(request).create_collection(
-        body.name, model=body.model, dimension=body.dimension, metric=body.metric, index=body.index
+        body.name, model=body.model, dimension=body.dimension, metric=body.metric, index=body.index,
+        chunking=chunking,
     )
     return _info(coll.info())
 
@@ -265,7 +276,7 @@ def search(request: Request, name: CollectionName, body: SearchRequest) -> Searc
     else:
         _check_model(request, body.rerank, "rerank model")
         hits = coll.search(body.query, body.k, filter=body.filter, mode=body.mode, rerank=body.rerank,
-                           fusion=body.fusion, alpha=body.alpha)
+                           fusion=body.fusion, alpha=body.alpha, **body.chunk_options())
     _bound_response([hits], body.include_text)
     return _hits(hits, body.include_text)
 
@@ -280,6 +291,7 @@ def search_batch(request: Request, name: CollectionName, body: BatchSearchReques
     else:
         _check_model(request, body.rerank, "rerank model")
         results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode,
-                                    rerank=body.rerank, fusion=body.fusion, alpha=body.alpha)
+                                    rerank=body.rerank, fusion=body.fusion, alpha=body.alpha,
+                                    **body.chunk_options())
     _bound_response(results, body.include_text)
     return BatchSearchResponse(results=[_hits(r, body.include_text) for r in results])

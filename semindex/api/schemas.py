@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Body
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from ..core import MAX_K, NAME_RE
+from ..core import DEFAULT_MMR_FETCH_K, DEFAULT_MMR_LAMBDA, MAX_CONTEXT_CHUNKS, MAX_K, NAME_RE
 from ..validation import json_value_problem, string_problem
 
 MAX_BATCH_DOCUMENTS = 10_000
@@ -81,6 +81,16 @@ class Health(BaseModel):
 # -- collections ------------------------------------------------------------------
 
 
+class ChunkingIn(_Model):
+    """How a new collection splits documents longer than its model's window (sizes in model tokens)."""
+
+    enabled: bool = Field(default=True, strict=True, description="false: one vector per document, truncated.")
+    size: int | None = Field(default=None, ge=16, le=65536, strict=True,
+                             description="Chunk size in tokens (default: the model's window; at most that).")
+    overlap: int | None = Field(default=None, ge=0, le=32768, strict=True,
+                                description="Tokens shared by consecutive chunks (default: 1/8 of the size).")
+
+
 class CollectionCreate(_Model):
     name: str = Field(pattern=COLLECTION_NAME, examples=["notes"])
     model: str | None = Field(
@@ -94,6 +104,11 @@ class CollectionCreate(_Model):
     dimension: int | None = Field(default=None, ge=1, le=65536)
     metric: Literal["cosine", "dot", "l2"] = "cosine"
     index: str = Field(default="auto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_,.:-]+$")
+    chunking: ChunkingIn | Literal[False] | None = Field(
+        default=None,
+        description="Long documents: split into chunks by default; false truncates them at the model's window "
+        "(a size above the window answers 400).",
+    )
 
 
 class CollectionOut(BaseModel):
@@ -252,6 +267,40 @@ class _SearchCommon(_VectorCommon):
     alpha: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Dense share for fusion=convex (default: tuned on SciFact train)."
     )
+    level: Literal["document", "chunk"] = Field(
+        default="document",
+        description="document: one hit per document, scored by its best chunk; chunk: one hit per chunk.",
+    )
+    score_threshold: float | None = Field(
+        default=None, allow_inf_nan=False, description="Drop hits scoring below this."
+    )
+    mmr: bool = Field(default=False, strict=True, description="Re-select the k hits by maximal marginal relevance.")
+    lambda_mult: float | None = Field(
+        default=None, ge=0.0, le=1.0, allow_inf_nan=False,
+        description=f"With mmr: 1 = relevance only, 0 = diversity only (default {DEFAULT_MMR_LAMBDA}).",
+    )
+    fetch_k: int | None = Field(
+        default=None, ge=1, le=MAX_K, strict=True,
+        description=f"With mmr: the candidates it chooses from (default {DEFAULT_MMR_FETCH_K}).",
+    )
+    context_chunks: int = Field(
+        default=0, ge=0, le=MAX_CONTEXT_CHUNKS, strict=True,
+        description="Return the best chunk with this many neighbours each side as the hit's context.",
+    )
+
+    @model_validator(mode="after")
+    def _mmr_options(self) -> _SearchCommon:
+        if not self.mmr and (self.lambda_mult is not None or self.fetch_k is not None):
+            raise ValueError("lambda_mult and fetch_k need mmr: true")
+        return self
+
+    def chunk_options(self) -> dict[str, Any]:
+        """The chunk/RAG keywords of Collection.search, as asked."""
+        return {
+            "level": self.level, "score_threshold": self.score_threshold, "mmr": self.mmr,
+            "lambda_mult": DEFAULT_MMR_LAMBDA if self.lambda_mult is None else self.lambda_mult,
+            "fetch_k": self.fetch_k, "context_chunks": self.context_chunks,
+        }
 
 
 QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NON_BLANK)]
@@ -333,12 +382,23 @@ UpsertRequest = Annotated[
 ]
 
 
+class ChunkOut(BaseModel):
+    """A matching chunk: the document's ``text[start:end]`` (character offsets); ``index`` is its ordinal."""
+
+    index: int
+    start: int
+    end: int
+    score: float
+
+
 class HitOut(BaseModel):
     id: str
     score: float = Field(description="Higher is better (cosine similarity for the default metric).")
-    text: str
+    text: str = Field(description="The passage: the best chunk's text (the whole text of a short document).")
     title: str | None = None
     metadata: dict[str, Any]
+    chunks: list[ChunkOut] = Field(default_factory=list, description="The document's matching chunks, best first.")
+    context: str | None = Field(default=None, description="The best chunk with its neighbours (context_chunks).")
 
 
 class SearchResponse(BaseModel):
