@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from .atomic import file_lock, write_json_atomic
 from .vectors import VectorIndex, load_index
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,3 +143,33 @@ def format_params(params: Mapping[str, Any]) -> str:
     keys = ("nlist", "nprobe", "M", "efSearch", "pq_m", "k_factor", "recall@10")
     shown = [f"{k}={params[k]}" for k in keys if k in params]
     return f"({', '.join(shown)})" if shown else ""
+
+
+def may_write_checkpoint(coll: Any) -> bool:
+    """Whether collection storage ``coll`` may write its index as the checkpoint now.
+
+    Another process's ``reindex`` records a new generation in the collection row, then writes its
+    index. Until that index is on disk, writing ours would undo the reindex (False); once it is,
+    ``coll`` loads and replays it, so a running server picks up the new index (True)."""
+    fresh = coll.storage.get_record(coll.record.name)
+    if fresh is None or fresh.id != coll.id:
+        return True  # dropped or replaced: the write path reports that
+    gen = fresh.config.get("generation")
+    if gen is None or gen == coll.index.params.get("generation"):
+        return True
+    coll.record = fresh
+    try:
+        manifest = read_manifest(coll.dir)
+    except StorageError:
+        manifest = None
+    if manifest is None or manifest.params.get("generation") != gen:
+        log.info("collection %r is being reindexed elsewhere; not writing the old index", fresh.name)
+        return False
+    loaded = coll._load_checkpoint()
+    if loaded is None:
+        return False
+    coll.index, coll.applied_version = loaded
+    coll._checkpoint_version = coll.applied_version
+    coll.last_index_change = f"picked up {coll.index.spec} written by another process's reindex"
+    coll._replay_locked()
+    return True

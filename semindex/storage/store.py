@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import threading
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,14 @@ from .autoindex import (
     parse_bytes,
 )
 from .check import CheckReport
-from .checkpoint import format_params, jsonable, load_checkpoint_index, read_manifest, write_checkpoint
+from .checkpoint import (
+    format_params,
+    jsonable,
+    load_checkpoint_index,
+    may_write_checkpoint,
+    read_manifest,
+    write_checkpoint,
+)
 from .engine import default_db_url, make_engine, open_schema, write_transaction
 from .failures import index_write_error, storage_error
 from .filters import compile_filter
@@ -70,7 +78,7 @@ from .records import (
 )
 from .rows import Rows, SQLSource
 from .vectors import VectorIndex, as_vectors, build_index, faiss_metric
-from .writes import drop_orphan_chunks, orphan_chunks, write_rows
+from .writes import drop_collection_rows, drop_orphan_chunks, orphan_chunks, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -187,34 +195,15 @@ class Storage:
             if record is None:
                 raise CollectionNotFoundError(name)
             try:
-                self._drop_rows(name, record.id)
+                with write_transaction(self.engine) as conn:
+                    if not drop_collection_rows(conn, record.id, self.hooks):
+                        raise CollectionNotFoundError(name)  # dropped by another process meanwhile
             except sa.exc.OperationalError as exc:
                 raise storage_error(exc) from exc
             coll = self._collections.pop(name, None)
             if coll is not None:
                 coll.closed = coll.dropped = True
             shutil.rmtree(self.index_root / f"c{record.id}", ignore_errors=True)
-
-    def _drop_rows(self, name: str, cid: int) -> None:
-        """Delete one collection's rows in one transaction that takes the write lock first and
-        then the collection row (the order every write takes them), so a concurrent write or
-        drop waits instead of failing with "database is locked"; gone meanwhile: not found."""
-        c = s.collections.c
-        with write_transaction(self.engine) as conn:
-            bumped = conn.execute(
-                sa.update(s.collections).where(c.id == cid).values(version=c.version + 1).returning(c.id)
-            ).first()
-            if bumped is None:  # dropped by another process meanwhile
-                raise CollectionNotFoundError(name)
-            for hook in self.hooks:
-                hook.on_drop(conn, cid)
-            conn.execute(sa.delete(s.changes).where(s.changes.c.collection_id == cid))
-            runs = sa.select(s.runs.c.run_id).where(s.runs.c.collection_id == cid)
-            conn.execute(sa.delete(s.run_shards).where(s.run_shards.c.run_id.in_(runs)))
-            conn.execute(sa.delete(s.runs).where(s.runs.c.collection_id == cid))
-            conn.execute(sa.delete(s.chunks).where(s.chunks.c.collection_id == cid))
-            conn.execute(sa.delete(s.documents).where(s.documents.c.collection_id == cid))
-            conn.execute(sa.delete(s.collections).where(c.id == cid))
 
     def rename_collection(self, name: str, new_name: str) -> None:
         """Give collection ``name`` the free name ``new_name`` in one UPDATE (rows, index files and
@@ -350,6 +339,9 @@ class CollectionStorage:
         """Wire an index to this collection: exact rescoring reads SQL; GPU search when asked/visible."""
         index.refine_source = self.fetch_embeddings
         index.use_device(self.index_device)
+        gen = self.record.config.get("generation")
+        if gen is not None:  # which reindex this index belongs to (a loaded checkpoint keeps its own)
+            index.params.setdefault("generation", gen)
         return index
 
     def fetch_embeddings(self, vids: np.ndarray) -> np.ndarray:
@@ -449,6 +441,8 @@ class CollectionStorage:
         with self._lock:
             self.check_open()
             self.sync()
+            if not may_write_checkpoint(self):
+                return False
             if not force and self.applied_version == self._checkpoint_version:
                 return False
             try:
@@ -760,6 +754,7 @@ class CollectionStorage:
             self.sync()
             old = {"type": self.index.spec, "policy": self.record.index_spec, "params": jsonable(self.index.params)}
             config = dict(self.record.config)
+            config["generation"] = uuid.uuid4().hex  # other processes see the reindex by this (see _current_generation)
             if target_recall is not None:
                 config["target_recall"] = float(target_recall)
             if memory_budget is not None:

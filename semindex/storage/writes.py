@@ -161,3 +161,27 @@ def drop_orphan_chunks(conn: Connection, collection_id: int, version: int) -> li
             {"collection_id": collection_id, "version": version, "op": s.OP_DELETE, "vid": v} for v in ids
         ])
     return ids
+
+
+def drop_collection_rows(conn: Connection, cid: int, hooks: Sequence[Any]) -> bool:
+    """Delete collection ``cid`` and everything keyed by it; False when it is already gone.
+
+    The caller opens ``conn`` with the write lock up front (engine.write_transaction); the
+    collection row is updated first, the same order every write takes, so a concurrent write or
+    drop waits instead of failing with "database is locked"."""
+    c = s.collections.c
+    bumped = conn.execute(
+        sa.update(s.collections).where(c.id == cid).values(version=c.version + 1).returning(c.id)
+    ).first()
+    if bumped is None:
+        return False
+    for hook in hooks:
+        hook.on_drop(conn, cid)
+    conn.execute(sa.delete(s.changes).where(s.changes.c.collection_id == cid))
+    runs = sa.select(s.runs.c.run_id).where(s.runs.c.collection_id == cid)
+    conn.execute(sa.delete(s.run_shards).where(s.run_shards.c.run_id.in_(runs)))
+    conn.execute(sa.delete(s.runs).where(s.runs.c.collection_id == cid))
+    conn.execute(sa.delete(s.chunks).where(s.chunks.c.collection_id == cid))
+    conn.execute(sa.delete(s.documents).where(s.documents.c.collection_id == cid))
+    conn.execute(sa.delete(s.collections).where(c.id == cid))
+    return True

@@ -101,3 +101,22 @@ def test_a_broken_stored_spec_never_takes_down_the_store(tmp_path: Path) -> None
     assert bad.info().index_type == "flat"
     store.delete_collection("bad")
     assert [c.name for c in store.list_collections()] == ["good"]
+
+
+def test_a_checkpoint_never_undoes_another_process_reindex(tmp_path: Path) -> None:
+    """`semindex reindex --index hnsw` while `serve` runs: the server's old flat index must not be
+    written back over it at shutdown, and the server picks up the new index (issue 11, #11)."""
+    path = tmp_path / "s"
+    server = semindex.Store(path)
+    coll = server.create_collection("c", dimension=DIM, index="flat")
+    x = vecs(300)
+    coll.add_embeddings([f"d{i}" for i in range(200)], x[:200])
+    other = semindex.Store(path)
+    other.collection("c").reindex("hnsw")
+    other.close()
+    coll.add_embeddings([f"d{i}" for i in range(200, 300)], x[200:])  # the server keeps writing
+    server.close()  # checkpoints on close
+    fresh = semindex.Store(path).collection("c")
+    assert fresh.info().index_type == "hnsw"
+    assert fresh.count() == 300 and fresh.check().ok
+    assert fresh.search_vectors(x[250], k=1)[0][0].id == "d250"
