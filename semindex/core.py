@@ -26,6 +26,7 @@ from .errors import (
     DocumentNotFoundError,
     InvalidInputError,
     ModelMismatchError,
+    ReadError,
 )
 from .indexer import backends
 from .indexer.backends import set_threads as set_model_threads
@@ -526,7 +527,7 @@ class Collection:
 
     upsert = add
 
-    def add_records(self, records: Iterable[Any], **kwargs: Any) -> IngestStats:
+    def add_records(self, records: Iterable[Record | ReadError], **kwargs: Any) -> IngestStats:
         """Reader output (Records and ReadErrors) straight into the pipeline; what the CLI uses."""
         kwargs.setdefault("chunker", self.chunker)
         return ingest(records, self.storage, self.encoder, normalize=self.record.normalize, **kwargs)
@@ -852,7 +853,7 @@ def decode_tokens(
 
 
 def embed_records(
-    records: Iterable[Any],
+    records: Iterable[Record | ReadError],
     model: str | None = None,
     device: str | None = None,
     *,
@@ -869,7 +870,6 @@ def embed_records(
     ``read_batch`` records at a time so memory stays flat whatever the corpus size.
     A bad record raises (``on_error="fail"``) or is skipped and described in ``skipped``.
     """
-    from .errors import ReadError
     from .indexer.pipeline import derive_id, embedding_input
 
     enc = get_encoder(model, device)
@@ -885,7 +885,7 @@ def embed_records(
 
     for item in records:
         err = item if isinstance(item, ReadError) else None
-        if err is None and not ((item.text and item.text.strip()) or (item.title and item.title.strip())):
+        if not isinstance(item, ReadError) and not ((item.text and item.text.strip()) or (item.title and item.title.strip())):
             err = ReadError("record has no text", source=item.source, line=item.line)
         seen += 1
         if err is not None:
@@ -893,7 +893,7 @@ def embed_records(
                 raise err
             if skipped is not None:
                 skipped.append(str(err))
-        else:
+        elif not isinstance(item, ReadError):  # always true once err is None; narrows item to Record
             ids.append(item.id if item.id is not None else derive_id(item.text, item.title))
             texts.append(embedding_input(item.text, item.title))
         if seen >= read_batch:

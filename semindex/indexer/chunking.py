@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from .encoder import Encoder
 
 SPECIAL_TOKENS = 2  # [CLS] and [SEP]: what a BERT-family model adds around every input
 DEFAULT_OVERLAP_FRACTION = 0.125  # of the chunk size: 32 tokens for a 256-token window
@@ -209,7 +210,7 @@ class Chunker:
         return prefix_tokens(title, self.offsets) + len(self.offsets(text)) > self.window
 
 
-def chunker_for(encoder: Any, spec: ChunkSpec) -> Chunker:
+def chunker_for(encoder: Encoder, spec: ChunkSpec) -> Chunker:
     """The chunker of a collection whose model is ``encoder``: its own tokenizer when it has a fast one
     (``encoder.tokenizer``), word-level offsets otherwise (the hashing test encoder)."""
     tokenizer = getattr(encoder, "tokenizer", None) or getattr(getattr(encoder, "model", None), "tokenizer", None)

@@ -194,7 +194,8 @@ class SentenceTransformerEncoder:
             import transformers
             from sentence_transformers import SentenceTransformer
 
-            transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in CLI output
+            # no "Loading weights" bars in CLI output; transformers leaves this function unannotated
+            transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             self.model: Any = SentenceTransformer(path, device=self.device)
         except (OSError, ValueError) as exc:
             raise ConfigError(

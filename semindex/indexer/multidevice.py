@@ -23,12 +23,16 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError, InvalidInputError, SemindexError
+from ..errors import ConfigError, InvalidInputError, ReadError, SemindexError
 from .encoder import Encoder, canonical_model_name, choose_device, get_encoder
+
+if TYPE_CHECKING:  # annotations only: the pipeline is imported lazily, in ingest_on_devices
+    from .pipeline import IngestStats
+    from .readers import Record
 
 # One worker's encoder, set by _init in each worker process.
 _worker_encoder: Encoder | None = None
@@ -167,7 +171,9 @@ def _describe_after_pause(pause: float) -> tuple[int, int]:
     return _describe()
 
 
-def ingest_on_devices(coll: Any, records: Iterable[Any], devices: Sequence[str], **kwargs: Any) -> Any:
+def ingest_on_devices(
+    coll: Any, records: Iterable[Record | ReadError], devices: Sequence[str], **kwargs: Any
+) -> IngestStats:
     """:meth:`semindex.core.Collection.add_records` with the encoding spread over ``devices``."""
     from .pipeline import ingest
 

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ReadError
+
+if TYPE_CHECKING:  # annotations only: both engines are imported lazily, when one is chosen
+    from .pipeline import IngestStats
+    from .ray_engine import RunReport
+    from .readers import Record
 
 
 def scaled_index(
     coll: Any,
     sources: list[Path],
-    records: Iterable[Any],
+    records: Iterable[Record | ReadError],
     *,
     engine: str,
     devices: str | None,
@@ -30,8 +35,8 @@ def scaled_index(
     commit_every: int,
     on_error: str,
     progress: Callable[[int], None] | None,
-    stats: Any,
-) -> Any:
+    stats: IngestStats | None,
+) -> IngestStats | RunReport:
     """Index ``sources`` into ``coll`` on several local devices or on a Ray cluster."""
     if engine != "ray":
         for flag, value in (("--ray-address", ray_address), ("--actors", actors),

@@ -71,7 +71,7 @@ def coerce_id(value: Any, field: str, source: str, line: int) -> str | ReadError
     )
 
 
-def open_binary(source: str) -> io.BufferedIOBase:
+def open_binary(source: str) -> io.BufferedReader | gzip.GzipFile:
     """Open plain or gzip files as bytes; an unopenable file is a file-level error."""
     try:
         if source.lower().endswith(".gz"):

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .searcher import Hit
+
 QUERY_BATCH = 256  # queries encoded and searched per call, here and in `semindex search --queries`
 
 
@@ -58,7 +60,7 @@ def measure(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[st
 
 
 def evaluate(
-    search_batch: Callable[[list[str]], list[list[Any]]],
+    search_batch: Callable[[list[str]], Sequence[Sequence[Hit]]],
     queries: Sequence[tuple[str, str]],
     qrels: Mapping[str, Mapping[str, int]],
     *,

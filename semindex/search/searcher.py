@@ -303,7 +303,8 @@ def hybrid_search(
     lexical = keyword_docs(keyword, storage, queries, n, filter, level)
     out: list[list[Hit]] = []
     for d_res, k_res in zip(dense, lexical):
-        key = (lambda d: d.chunks[0][0].chunk_id) if level == "chunk" else (lambda d: d.doc.vid)
+        key: Callable[[_Doc], int] = (
+            (lambda d: d.chunks[0][0].chunk_id) if level == "chunk" else (lambda d: d.doc.vid))
         merged: dict[int, _Doc] = {}
         for d in [*d_res, *k_res]:
             m = merged.setdefault(key(d), _Doc(d.doc, 0.0, []))

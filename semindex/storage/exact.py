@@ -16,7 +16,8 @@ def scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
     q = np.asarray(queries, dtype=np.float32)
     v = np.asarray(vectors, dtype=np.float32)
     if metric == "l2":
-        return -((q**2).sum(1, keepdims=True) - 2 * q @ v.T + (v**2).sum(1)[None, :])
+        out: np.ndarray = -((q**2).sum(1, keepdims=True) - 2 * q @ v.T + (v**2).sum(1)[None, :])
+        return out
     return q @ v.T
 
 

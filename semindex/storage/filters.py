@@ -100,7 +100,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -468,7 +468,7 @@ def _eval(node: _Node, metadata: Mapping[str, Any]) -> bool:
     actual = _lookup(metadata, node.path)
     op, value = node.op, node.value
     if op == "$exists":
-        return (actual is not _MISSING) == value
+        return bool((actual is not _MISSING) == value)
     if op == "$eq":
         return _py_eq(actual, value)
     if op == "$ne":
@@ -509,7 +509,9 @@ class _JsonPathElement(ColumnElement[Any]):
     """
 
     inherit_cache = True
-    _traverse_internals: ClassVar[list[tuple[str, InternalTraversal]]] = [
+    # Not ClassVar: SQLAlchemy declares _traverse_internals an instance attribute, and mypy refuses
+    # a class variable over it; it is still read per class, hence the RUF012 waiver.
+    _traverse_internals: list[tuple[str, InternalTraversal]] = [  # noqa: RUF012
         ("column", InternalTraversal.dp_clauseelement),
         ("sqlite_path", InternalTraversal.dp_clauseelement),
         ("keys", InternalTraversal.dp_clauseelement_tuple),
@@ -760,7 +762,9 @@ class _BoolTree(ColumnElement[bool]):
     """AND/OR skeleton over independently compiled leaf predicates."""
 
     inherit_cache = True
-    _traverse_internals: ClassVar[list[tuple[str, InternalTraversal]]] = [
+    # Not ClassVar: SQLAlchemy declares _traverse_internals an instance attribute, and mypy refuses
+    # a class variable over it; it is still read per class, hence the RUF012 waiver.
+    _traverse_internals: list[tuple[str, InternalTraversal]] = [  # noqa: RUF012
         ("shape", InternalTraversal.dp_plain_obj),
         ("leaves", InternalTraversal.dp_clauseelement_tuple),
     ]

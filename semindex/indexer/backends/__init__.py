@@ -287,6 +287,8 @@ def _export_onnx(path: str, out: Path) -> None:
         st.get_sentence_embedding_dimension()
     if not dim:
         raise ValueError(f"model {path!r} does not report an embedding dimension")
+    if st.max_seq_length is None:
+        raise ValueError(f"model {path!r} does not report a max sequence length")
     meta = {"dimension": int(dim), "max_seq_length": int(st.max_seq_length), "source": path}
     (out / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
