@@ -357,9 +357,12 @@ class Store:
         return stats
 
     def _wrap(self, name: str) -> Collection:
+        # through the storage every time: it checks the collection's identity (another process may
+        # have deleted and re-created the name), so a stale handle is never served
+        storage = self.storage.open_collection(name)
         coll = self._open.get(name)
-        if coll is None or coll.storage.closed:
-            coll = Collection(self, self.storage.open_collection(name))
+        if coll is None or coll.storage is not storage:
+            coll = Collection(self, storage)
             self._open[name] = coll
         return coll
 

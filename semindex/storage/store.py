@@ -178,14 +178,16 @@ class Storage:
     def open_collection(self, name: str) -> CollectionStorage:
         validate_collection_name(name)
         with self._lock:
-            coll = self._collections.get(name)
-            if coll is not None and not coll.closed:
+            record = self.get_record(name)  # each time: another process may have re-created the name
+            coll = self._collections.pop(name, None)
+            if coll is not None and (record is None or record.id != coll.id):
+                coll.closed = coll.dropped = True  # that collection is gone (no checkpoint into its folder)
+            elif coll is not None and not coll.closed:
+                self._collections[name] = coll
                 return coll
-            record = self.get_record(name)
             if record is None:
                 raise CollectionNotFoundError(name)
-            coll = CollectionStorage(self, record)
-            self._collections[name] = coll
+            coll = self._collections[name] = CollectionStorage(self, record)
             return coll
 
     def drop_collection(self, name: str) -> None:
@@ -200,8 +202,7 @@ class Storage:
                         raise CollectionNotFoundError(name)  # dropped by another process meanwhile
             except sa.exc.OperationalError as exc:
                 raise storage_error(exc) from exc
-            coll = self._collections.pop(name, None)
-            if coll is not None:
+            if (coll := self._collections.pop(name, None)) is not None:
                 coll.closed = coll.dropped = True
             shutil.rmtree(self.index_root / f"c{record.id}", ignore_errors=True)
 
@@ -339,8 +340,7 @@ class CollectionStorage:
         """Wire an index to this collection: exact rescoring reads SQL; GPU search when asked/visible."""
         index.refine_source = self.fetch_embeddings
         index.use_device(self.index_device)
-        gen = self.record.config.get("generation")
-        if gen is not None:  # which reindex this index belongs to (a loaded checkpoint keeps its own)
+        if (gen := self.record.config.get("generation")) is not None:  # its reindex (a checkpoint keeps its own)
             index.params.setdefault("generation", gen)
         return index
 

@@ -281,3 +281,27 @@ def test_duplicate_keys_in_a_filter_are_refused(tmp_path: Path, thread_server: A
         raw = f'{{"vector": [{vec}], "k": 3, "filter": {{"a": 1, "b": 2}}}}'
         r = c.post("/collections/v/search", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
+
+
+# -- #6: two servers on one store: the cache follows the collection's identity, not its name --------
+
+
+def test_a_collection_recreated_by_another_server_is_reopened(tmp_path: Path, thread_server: Any,
+                                                              db_url: str | None) -> None:
+    a_store = semindex.Store(tmp_path / "s", db_url=db_url)
+    srv = thread_server(a_store)
+    with httpx.Client(base_url=srv.base, timeout=60) as c:
+        assert c.post("/collections", json={"name": "c", "dimension": 8}).status_code == 201
+        assert c.post("/collections/c/documents", json={"ids": ["a"], "embeddings": [_vec(0)]}).status_code == 200
+        assert c.post("/collections/c/search", json={"vector": _vec(0), "k": 1}).status_code == 200
+        b_store = semindex.Store(tmp_path / "s", db_url=db_url)  # the other server
+        b_store.delete_collection("c")
+        b_store.create_collection("c", dimension=16).add_embeddings(["b"], np.asarray([_vec(1, 16)]))
+        b_store.close()
+        r = c.get("/collections")
+        assert r.status_code == 200 and [x["dimension"] for x in r.json()["collections"]] == [16], r.text
+        r = c.post("/collections/c/documents", json={"ids": ["x"], "embeddings": [_vec(2, 16)]})
+        assert r.status_code == 200, r.text
+        assert c.get("/collections/c").json()["count"] == 2
+        r = c.post("/collections/c/search", json={"vector": _vec(1, 16), "k": 1})
+        assert r.status_code == 200 and r.json()["hits"][0]["id"] == "b", r.text
