@@ -71,6 +71,10 @@ def _finetune_progress() -> Iterator[Any]:
               help="Negatives per pair mined with semindex's hybrid search (0: in-batch negatives only).")
 @click.option("--learning-rate", "--lr", "learning_rate", default=3e-5, show_default=True,
               type=click.FloatRange(0, 1, min_open=True))
+@click.option("--mine", type=click.Choice(["hybrid", "dense", "keyword"]), default="hybrid", show_default=True,
+              help="Search that mines the negatives; keyword needs no encoding of the corpus (cheap on a CPU).")
+@click.option("--max-seq-length", default=None, type=click.IntRange(8, 8192),
+              help="Truncate training passages to this many tokens (faster); the model keeps its own length.")
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps (fp16 on CUDA).")
 @click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same data, same machine: same model.")
 @click.option("--i-know", is_flag=True, help="Allow training or selecting on a split named test.")
@@ -78,8 +82,8 @@ def _finetune_progress() -> Iterator[Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def finetune_command(
     data: Path, output: Path, base: str | None, split: str, eval_split: str, epochs: int, batch_size: int,
-    hard_negatives: int, learning_rate: float, device: str | None, seed: int, i_know: bool, overwrite: bool,
-    as_json: bool,
+    hard_negatives: int, learning_rate: float, mine: str, max_seq_length: int | None, device: str | None,
+    seed: int, i_know: bool, overwrite: bool, as_json: bool,
 ) -> None:
     """Fine-tune the embedding model on DATA: a BEIR folder (corpus, queries, qrels/SPLIT.tsv)
     or a PAIRS.jsonl file of {"query", "positive", "negative"?} lines.
@@ -96,7 +100,8 @@ def finetune_command(
     with _finetune_progress() as cb:
         res = finetune(data, output, base=base, split=split, eval_split=eval_split, epochs=epochs,
                        batch_size=batch_size, hard_negatives=hard_negatives, learning_rate=learning_rate,
-                       device=device, seed=seed, i_know=i_know, overwrite=overwrite, progress=cb)
+                       device=device, seed=seed, i_know=i_know, overwrite=overwrite, mine=mine,
+                       max_seq_length=max_seq_length, progress=cb)
     if as_json:
         echo_json(res.as_dict())
         return

@@ -195,10 +195,14 @@ def test_cli_bad_pairs_file_in_one_line(tmp_path: Path) -> None:
 def test_cli_finetune_then_index_with_the_model(tiny_beir: Path, tiny_bert: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
     proc = run_cli("finetune", str(tiny_beir), "--output", str(out), "--base", str(tiny_bert), "--epochs", "1",
-                   "--batch-size", "8", "--device", "cpu", "--json")
+                   "--batch-size", "8", "--device", "cpu", "--mine", "keyword", "--max-seq-length", "32", "--json")
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["model_path"] == str(out.resolve()) and res["split"] == "train" and res["steps"] == 4
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 128
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(out), device="cpu").max_seq_length != 32  # training length is not kept
     assert "epoch 0: nDCG@10" in proc.stderr and "epoch 1: nDCG@10" in proc.stderr
     proc = run_cli("index", str(tiny_beir), "--store", str(tmp_path / "s"), "--model", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
