@@ -8,6 +8,7 @@ tested — from Python first.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -26,7 +27,9 @@ from .errors import (
     DocumentNotFoundError,
     InvalidInputError,
     ModelMismatchError,
+    ModelUnavailableError,
     ReadError,
+    SemindexError,
 )
 from .indexer import backends
 from .indexer.backends import set_threads as set_model_threads
@@ -57,9 +60,12 @@ from .storage.engine import store_exists
 from .storage.filters import parse_filter_json
 from .storage.records import NAME_RE
 
+log = logging.getLogger(__name__)
+
 # The CLI and the HTTP API import from this module only (the layering contract in
 # pyproject.toml checks it): what they need from the indexer, search and storage is
 # re-exported here, so those packages can move things around behind it.
+
 __all__ = [
     "DEFAULT_COLLECTION",
     "DEFAULT_MMR_FETCH_K",
@@ -306,10 +312,13 @@ class Store:
             get_encoder(None, self.device)
         counts: dict[str, int] = {}
         for name in self.collection_names():
-            coll = self.get_collection(name)
-            if coll.model is not None:
-                coll.encoder  # noqa: B018 - loads and caches the model
-            counts[name] = coll.count()
+            try:  # one collection whose model is gone must not stop the others from being served
+                coll = self.get_collection(name)
+                if coll.model is not None:
+                    coll.encoder  # noqa: B018 - loads and caches the model
+                counts[name] = coll.count()
+            except SemindexError as exc:
+                log.warning("collection %r is unavailable: %s", name, exc)
         return counts
 
     def import_vectors(
@@ -475,7 +484,10 @@ class Collection:
                 f"collection {self.name!r} holds precomputed vectors: add and search with vectors"
             )
         backend, precision = backends.for_collection(self.name, self.record.config, self._backend, self._precision)
-        return get_encoder(self.model, self.store.device, backend=backend, precision=precision)
+        try:
+            return get_encoder(self.model, self.store.device, backend=backend, precision=precision)
+        except ConfigError as exc:  # its model was there when it was built: a server-side problem
+            raise ModelUnavailableError(f"collection {self.name!r}: its model cannot be loaded ({exc})") from exc
 
     @property
     def chunking(self) -> ChunkSpec:

@@ -155,6 +155,14 @@ class ConsistencyError(StorageError):
     exit_code = 6
 
 
+class ModelUnavailableError(StorageError):
+    """A collection's model cannot be loaded on this server (its folder was removed, say): that
+    collection answers 503 with the reason; the others are served."""
+
+    code = "model_unavailable"
+    http_status = 503
+
+
 class ShuttingDownError(StorageError):
     """Work refused because the server has begun a graceful shutdown; retry on another server."""
 
@@ -166,6 +174,7 @@ __all__ = [
     "CollectionExistsError",
     "CollectionNotFoundError",
     "ConfigError",
+    "ModelUnavailableError",
     "ResponseTooLargeError",
     "IndexSpecError",
     "ConflictError",

@@ -305,3 +305,32 @@ def test_a_collection_recreated_by_another_server_is_reopened(tmp_path: Path, th
         assert c.get("/collections/c").json()["count"] == 2
         r = c.post("/collections/c/search", json={"vector": _vec(1, 16), "k": 1})
         assert r.status_code == 200 and r.json()["hits"][0]["id"] == "b", r.text
+
+
+# -- #7: a collection whose model is gone is 503; the others are served -------------------------------
+
+
+@pytest.mark.slow  # a `semindex serve` subprocess (~90 s on a busy 2-core box)
+def test_a_collection_whose_model_vanished_is_503_and_serve_still_starts(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from tests.api.serving import ServeProcess
+
+    path = tmp_path / "s"
+    store = semindex.Store(path)
+    store.collection("good").add([{"id": "a", "text": "black holes and stars"}])
+    store.collection("gone").add([{"id": "b", "text": "a document"}])
+    store.close()
+    engine = sa.create_engine(f"sqlite:///{path / 'semindex.db'}")
+    with engine.begin() as conn:  # as if its local model folder had been deleted
+        conn.execute(sa.text("UPDATE collections SET model=:m WHERE name='gone'"), {"m": str(tmp_path / "model-was-here")})
+    engine.dispose()
+    srv = ServeProcess(path).wait()
+    try:
+        with httpx.Client(base_url=srv.base, timeout=60) as c:
+            assert c.post("/collections/good/search", json={"query": "stars", "k": 1}).json()["hits"][0]["id"] == "a"
+            r = c.post("/collections/gone/search", json={"query": "x", "k": 1})
+            assert r.status_code == 503 and r.json()["error"] == "model_unavailable", r.text
+            assert c.get("/collections").status_code == 200
+    finally:
+        srv.stop()
