@@ -155,9 +155,10 @@ class ConsistencyError(StorageError):
     exit_code = 6
 
 
-class ModelUnavailableError(StorageError):
+class ModelUnavailableError(ConfigError):
     """A collection's model cannot be loaded on this server (its folder was removed, say): that
-    collection answers 503 with the reason; the others are served."""
+    collection answers 503 with the reason; the others are served. A ConfigError (exit 2), as
+    before, for callers that catch that."""
 
     code = "model_unavailable"
     http_status = 503
