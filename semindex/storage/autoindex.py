@@ -285,9 +285,9 @@ def tune(index: VectorIndex, gt: GroundTruth, target: float = DEFAULT_TARGET_REC
         probes = _ladder(nlist)
         factors = [4, 8, 16, 32, 64] if "k_factor" in knobs and index.refine_source is not None else [None]
         for kf in factors:
-            extra = {} if kf is None else {"k_factor": kf}
+            extra: dict[str, int] = {} if kf is None else {"k_factor": kf}
             nprobe, rec, found = _smallest(
-                probes, lambda v, extra=extra: recall_at_k(index, gt, {"nprobe": v, **extra}), target
+                probes, lambda v, extra=extra: recall_at_k(index, gt, {"nprobe": v, **extra}), target  # type: ignore[misc]  # mypy cannot infer a lambda with a default; _smallest types it
             )
             if found or kf == factors[-1]:
                 index.params["nprobe"] = nprobe

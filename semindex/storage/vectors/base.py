@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import faiss
 import numpy as np
@@ -32,9 +32,9 @@ ANN_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 
 def faiss_metric(metric: str) -> int:
     if metric in ("cosine", "dot"):
-        return faiss.METRIC_INNER_PRODUCT
+        return int(faiss.METRIC_INNER_PRODUCT)
     if metric == "l2":
-        return faiss.METRIC_L2
+        return int(faiss.METRIC_L2)
     raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
@@ -63,6 +63,7 @@ class VectorIndex(Protocol):
     params: dict[str, Any]
     supports_selector: bool
     refine_source: RefineSource | None
+    lossy: bool
 
     def __len__(self) -> int: ...
     @property
@@ -200,6 +201,9 @@ class _BaseIndex:
     supports_selector = True
     lossy = False
 
+    if TYPE_CHECKING:  # every concrete index defines it; not here, so a bare _BaseIndex stays truthy
+        def __len__(self) -> int: ...
+
     def __init__(self, spec: str, dimension: int, metric: str, params: Mapping[str, Any] | None) -> None:
         self.spec = spec
         self.dimension = dimension
@@ -264,7 +268,8 @@ class _BaseIndex:
                     gpu.nprobe = min(int(sp.nprobe), 2048)  # GPU IVF caps nprobe at 2048
                 dist, lab = gpu.search(queries, k)
                 return dist, self._gpu_labels(lab)
-        return self.index.search(queries, k, params=sp)
+        found: tuple[np.ndarray, np.ndarray] = self.index.search(queries, k, params=sp)
+        return found
 
     def _gpu_source(self) -> Any:
         return self.index

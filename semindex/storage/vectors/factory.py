@@ -190,7 +190,7 @@ def load_index(
         raise StorageError(f"cannot read vector index {path}: {exc}") from exc
     if raw.d != dimension:
         raise StorageError(f"vector index {path} has dimension {raw.d}, expected {dimension}")
-    index: Any
+    index: FlatIndex | HNSWIndex | IVFIndex
     if kind == "flat":
         index = FlatIndex(dimension, metric, index=raw, params=params)
     elif kind == "hnsw" or (kind == "factory" and spec.startswith("HNSW")):

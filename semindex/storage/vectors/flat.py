@@ -75,7 +75,8 @@ class FlatIndex(_BaseIndex):
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        out: np.ndarray = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return out
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray | None:
         if self.lossy:

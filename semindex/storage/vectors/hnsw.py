@@ -64,7 +64,8 @@ class HNSWIndex(_BaseIndex):
         n = self.index.id_map.size()
         if not n:
             return np.empty(0, dtype=np.int64)
-        return faiss.rev_swig_ptr(self.index.id_map.data(), n)  # a writable view, no copy
+        view: np.ndarray = faiss.rev_swig_ptr(self.index.id_map.data(), n)  # a writable view, no copy
+        return view
 
     def __len__(self) -> int:
         return int(self.index.ntotal) - self._dead
