@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semindex.storage.autoindex import ArraySource, build_from_source, choose_spec  # noqa: E402
+from semindex.storage.autoindex import ArraySource, build_from_source, choose_spec
 
 CACHE = Path(os.environ.get("SEMINDEX_BENCH_CACHE", "/tmp"))
 

@@ -56,14 +56,13 @@ def baseline(model: object, docs: list[dict[str, str]], batch_size: int) -> floa
 
 
 def ours(docs: list[dict[str, str]], batch_size: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        with semindex.Store(Path(tmp) / "store") as store:
-            coll = store.collection()
-            t0 = time.perf_counter()
-            stats = coll.add(docs, batch_size=batch_size)
-            elapsed = time.perf_counter() - t0
-            assert stats.added == len(docs), stats
-            return elapsed
+    with tempfile.TemporaryDirectory() as tmp, semindex.Store(Path(tmp) / "store") as store:
+        coll = store.collection()
+        t0 = time.perf_counter()
+        stats = coll.add(docs, batch_size=batch_size)
+        elapsed = time.perf_counter() - t0
+        assert stats.added == len(docs), stats
+        return elapsed
 
 
 def main() -> None:

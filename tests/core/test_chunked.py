@@ -24,7 +24,7 @@ def long_doc(topic: str, n: int = 700, extra: str = "") -> str:
     return f"{words} {extra} The {topic} appears here at the end. {topic} {topic}."
 
 
-@pytest.fixture()
+@pytest.fixture
 def coll(store: Any) -> Any:
     return store.collection("long", model=MODEL)
 

@@ -58,7 +58,7 @@ def test_api_constants_come_from_the_library() -> None:
     from semindex.api import schemas
 
     assert schemas.MAX_K == semindex.core.MAX_K
-    assert schemas.COLLECTION_NAME == semindex.core.NAME_RE.pattern
+    assert semindex.core.NAME_RE.pattern == schemas.COLLECTION_NAME
 
 
 @pytest.mark.skipif(shutil.which("lint-imports") is None and not (REPO / ".venv/bin/lint-imports").exists(),

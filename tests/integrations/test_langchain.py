@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.embeddings import Embeddings  # noqa: E402
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
 
-import semindex  # noqa: E402
-from semindex.integrations.langchain import SemindexEmbeddings, SemindexVectorStore  # noqa: E402
+import semindex
+from semindex.integrations.langchain import SemindexEmbeddings, SemindexVectorStore
 
 # Hand-made 3-d vectors, so that rankings, MMR and scores are known exactly.
 VECTORS = {

@@ -15,17 +15,17 @@ import pytest
 pytest.importorskip("langchain_core")
 pytest.importorskip("langchain_tests")
 
-from langchain_core.vectorstores import VectorStore  # noqa: E402
-from langchain_tests.integration_tests import (  # noqa: E402
+from langchain_core.vectorstores import VectorStore
+from langchain_tests.integration_tests import (
     EmbeddingsIntegrationTests,
     VectorStoreIntegrationTests,
 )
 
-from semindex.integrations.langchain import SemindexEmbeddings, SemindexVectorStore  # noqa: E402
+from semindex.integrations.langchain import SemindexEmbeddings, SemindexVectorStore
 
 
 class TestSemindexVectorStore(VectorStoreIntegrationTests):
-    @pytest.fixture()
+    @pytest.fixture
     def vectorstore(self, tmp_path: Path) -> Iterator[VectorStore]:
         store = SemindexVectorStore("lc", embedding=self.get_embeddings(), path=tmp_path / "store")
         try:
@@ -37,7 +37,7 @@ class TestSemindexVectorStore(VectorStoreIntegrationTests):
 class TestSemindexVectorStoreOwnModel(VectorStoreIntegrationTests):
     """The same suite with embedding=None: the collection encodes texts with its own model."""
 
-    @pytest.fixture()
+    @pytest.fixture
     def vectorstore(self, tmp_path: Path) -> Iterator[VectorStore]:
         store = SemindexVectorStore("lc", path=tmp_path / "store")
         try:

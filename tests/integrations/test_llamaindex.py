@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core import Settings, StorageContext, VectorStoreIndex  # noqa: E402
-from llama_index.core.schema import Document, NodeRelationship, RelatedNodeInfo, TextNode  # noqa: E402
-from llama_index.core.vector_stores.types import (  # noqa: E402
+from llama_index.core import Settings, StorageContext, VectorStoreIndex
+from llama_index.core.schema import Document, NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     ExactMatchFilter,
     FilterCondition,
@@ -25,8 +25,8 @@ from llama_index.core.vector_stores.types import (  # noqa: E402
     VectorStoreQueryMode,
 )
 
-import semindex  # noqa: E402
-from semindex.integrations.llamaindex import (  # noqa: E402
+import semindex
+from semindex.integrations.llamaindex import (
     RESERVED_KEY,
     SemindexEmbedding,
     SemindexVectorStore,

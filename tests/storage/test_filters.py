@@ -382,10 +382,9 @@ LARGE_FILTERS = {
 def test_largest_valid_filters_run(engine: sa.Engine, name: str) -> None:
     spec = LARGE_FILTERS[name]
     validate_filter(spec)
-    with temp_table(engine) as table:
-        with engine.begin() as conn:
-            insert_docs(conn, table, DOCS)
-            assert select_ids(conn, table, spec) == expected_ids(spec, DOCS)
+    with temp_table(engine) as table, engine.begin() as conn:
+        insert_docs(conn, table, DOCS)
+        assert select_ids(conn, table, spec) == expected_ids(spec, DOCS)
 
 
 # --------------------------------------------------------------------------

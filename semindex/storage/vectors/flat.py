@@ -57,7 +57,7 @@ class FlatIndex(_BaseIndex):
     def train(self, sample: np.ndarray, n_total: int | None = None) -> None:
         if not self.is_trained:
             self.index.train(as_vectors(sample, self.dimension))
-            self.params["trained_on"] = int(len(sample))
+            self.params["trained_on"] = len(sample)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):

@@ -107,7 +107,7 @@ class IVFIndex(_BaseIndex):
         self.index.train(sample)
         with contextlib.suppress(Exception):
             ivf.clustering_index = None
-        self.params["trained_on"] = int(len(sample))
+        self.params["trained_on"] = len(sample)
         self.params["built_for"] = int(n_total or len(sample))
         self.params.setdefault("nprobe", max(1, min(int(self.params["nlist"]), 8)))
 
@@ -183,9 +183,9 @@ class IVFIndex(_BaseIndex):
         if self.lossy or self.index is None:
             return None
         ivf = faiss.extract_index_ivf(self.index)
-        if ivf.direct_map.type == faiss.DirectMap.NoMap or ivf is not self.index and not isinstance(
+        if ivf.direct_map.type == faiss.DirectMap.NoMap or (ivf is not self.index and not isinstance(
             self.index, faiss.IndexIVF
-        ):
+        )):
             return None
         ids = as_ids(ids)
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
