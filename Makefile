@@ -31,3 +31,4 @@ test-fast: setup-dev
 lint: setup-dev
 	$(VENV)/bin/ruff check semindex tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy  # --strict over semindex: pyproject [tool.mypy] (py.typed ships)
