@@ -88,7 +88,7 @@ def check_spec(spec: str, dimension: int, budget: int | None = None) -> None:
                 fixed += (1 << nbits) * d * 4
             continue
         raise IndexSpecError(
-            f"index {spec!r}: unsupported part {part!r}; semindex takes optional transforms (PCA, OPQ, "
+            f"bad FAISS factory string {spec!r} (could not parse {part!r} there); semindex takes optional transforms (PCA, OPQ, "
             "ITQ, RR, L2norm), then IVF<n> or HNSW<M>, then Flat, PQ<m>[x<bits>], SQ<4|6|8|fp16> or LSH"
         )
     if fixed > budget:
