@@ -171,6 +171,70 @@ def client(cid: int, base: str, deadline: float, max_requests: int, journal: str
 # -- verification ---------------------------------------------------------------------------------------
 
 
+def hostile(base: str, deadline: float, restarting: Any, last_restart: Any, out: Any, seed: int) -> None:
+    """The fifth client (issue 11): slow sockets (half a request line, half the headers, half a
+    body), random HTTP methods, and oversized asks (absurd index specs, 64-query batches at
+    k=1000, string k). It writes nothing the journal tracks; any 5xx outside a restart is counted."""
+    import socket
+    from urllib.parse import urlparse
+
+    import httpx
+
+    rnd = random.Random(seed * 7919)
+    host, port = urlparse(base).hostname or "127.0.0.1", int(urlparse(base).port or 80)
+    sent = five = 0
+    samples: list[str] = []
+    slow: list[socket.socket] = []
+    asks: list[tuple[str, str, Any]] = [
+        ("POST", "/collections", {"name": "h", "dimension": 4, "index": "IVF99999999,Flat"}),
+        ("POST", "/collections", {"name": "h", "dimension": 4, "index": "HNSW-1"}),
+        ("POST", f"/collections/{COLLECTION}/search/batch", {"vectors": [vector(1)] * 64, "k": 1000}),
+        ("POST", f"/collections/{COLLECTION}/search", {"vector": vector(2), "k": "5"}),
+        ("POST", f"/collections/{COLLECTION}/search", {"query": "x", "rerank": "/etc/passwd"}),
+        ("POST", f"/collections/{COLLECTION}/documents", {"ids": ["h"], "embeddings": [vector(3)], "texts": ["a" * 1_000_001]}),
+    ]
+    with httpx.Client(base_url=base, timeout=60) as http:
+        while time.time() < deadline:
+            kind = rnd.random()
+            try:
+                if kind < 0.3:  # a socket that stalls mid-request; a few stay open at once
+                    s = socket.create_connection((host, port), timeout=5)
+                    s.sendall(rnd.choice([b"GET /heal", b"POST /collections HTTP/1.1\r\nHost: x\r\n",
+                                          b"POST /collections HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"na"]))
+                    slow.append(s)
+                    if len(slow) > 32:
+                        slow.pop(0).close()
+                    continue
+                if kind < 0.6:
+                    method = "".join(rnd.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(rnd.randint(1, 12)))
+                    r = http.request(method, rnd.choice(["/health", "/collections", f"/x/{rnd.random()}"]))
+                else:
+                    method, path, body = rnd.choice(asks)
+                    r = http.request(method, path, json=body)
+                sent += 1
+                restart = bool(restarting.value) or time.time() - last_restart.value < RESTART_GRACE_S
+                if r.status_code >= 500 and not restart:
+                    five += 1
+                    if len(samples) < 5:
+                        samples.append(f"{method} -> {r.status_code} {r.text[:120]}")
+            except (OSError, httpx.HTTPError):
+                pass  # a refused or reset connection during a restart, or the server shedding load
+            time.sleep(0.02)
+    for s in slow:
+        s.close()
+    out.put({"sent": sent, "5xx": five, "samples": samples})
+
+
+def rss_mb(pid: int | None) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def expected_state(journals: list[Path]) -> dict[str, int | None]:
     """id -> seq of its last acknowledged upsert, or None when its last acknowledged write deleted it."""
     state: dict[str, int | None] = {}
@@ -264,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         procs = [ctx.Process(target=client, args=(i, server.base, deadline, args.max_requests, str(journals[i]),
                                                   restarting, last_restart, results, args.seed))
                  for i in range(args.clients)]
-        for p in procs:
+        hostile_out = ctx.Queue()
+        bad_client = ctx.Process(target=hostile, args=(server.base, deadline, restarting, last_restart,
+                                                       hostile_out, args.seed))
+        for p in [*procs, bad_client]:
             p.start()
+        rss_start = rss_mb(server.proc.pid if server.proc else None)
         rnd = random.Random(args.seed)
         restarts_done = 0
         restart_seconds: list[float] = []
@@ -284,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             restart_seconds.append(round(time.time() - t0, 1))
             restarts_done += 1
         reports = [results.get(timeout=args.minutes * 60 + 600) for _ in procs]
-        for p in procs:
+        hostile_report = hostile_out.get(timeout=600)
+        rss_end = rss_mb(server.proc.pid if server.proc else None)
+        for p in [*procs, bad_client]:
             p.join(timeout=60)
         elapsed = time.time() - t_start
         stop_status = server.stop()
@@ -315,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             "check": check.stdout.strip() if check.returncode == 0 else f"FAILED: {check.stderr.strip()}",
             "check_ok": check.returncode == 0,
             "clean_shutdown": stop_status == 0,
+            "hostile": hostile_report,
+            "server_rss_mb": {"start": rss_start, "end": rss_end},  # since the last restart
             "latency_ms": {
                 op: {"n": len(vals), "p50": pct(vals, 0.50), "p99": pct(vals, 0.99)}
                 for op, vals in {**lat, "all": everything}.items()
@@ -331,11 +403,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  acknowledged ids           {report['acknowledged_ids']}")
             print(f"  acknowledged writes lost   {n_lost}")
             print(f"  check                      {report['check']}")
+            print(f"  hostile client             {hostile_report['sent']} requests, {hostile_report['5xx']} 5xx")
+            print(f"  server RSS                 {rss_start} -> {rss_end} MB (after the last restart)")
             for op, q in report["latency_ms"].items():
                 print(f"  latency {op:<8} n={q['n']:<7} p50 {q['p50']} ms  p99 {q['p99']} ms")
             for s in report["error_samples"] + report["lost_samples"]:
                 print(f"  ! {s}")
-        bad = report["errors_outside_restarts"] or n_lost or not report["check_ok"]
+        bad = report["errors_outside_restarts"] or n_lost or not report["check_ok"] or hostile_report["5xx"]
         return 1 if bad else 0
     finally:
         if server is not None:
