@@ -55,7 +55,7 @@ def read_corpus(folder: Path) -> list[dict[str, Any]]:
     path = folder / "corpus.jsonl.gz"
     opener = gzip.open if path.exists() else open
     path = path if path.exists() else folder / "corpus.jsonl"
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     return [{"id": str(r["_id"]), "title": r.get("title") or None, "text": r.get("text") or ""} for r in rows]
 
@@ -182,7 +182,7 @@ def main() -> None:
         # ingest cost: the same chunk texts through plain SentenceTransformer.encode
         chunker = chunked.chunker
         texts = [p["text"][s:e] for p in parents for s, e in chunker.spans(p["text"], None)]
-        model = getattr(chunked.encoder, "model", None)
+        model: Any = getattr(chunked.encoder, "model", None)
         if not hasattr(model, "encode"):  # another backend: the baseline is still sentence-transformers
             from sentence_transformers import SentenceTransformer
 
