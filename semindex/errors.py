@@ -8,6 +8,7 @@ SemindexError is a bug and is allowed to surface as one.
 
     SemindexError
     ├── InvalidInputError          bad values from the caller (422)
+    │   ├── ResponseTooLargeError  an answer over the response budget (413): fewer hits, or ids only
     │   ├── FilterError            a filter that does not parse or type-check
     │   │   └── InvalidFilterFieldError  a filter key that is not a metadata path (also an InvalidNameError)
     │   ├── InvalidNameError       collection names, metadata keys
@@ -20,6 +21,8 @@ SemindexError is a bug and is allowed to surface as one.
     │   ├── CollectionExistsError
     │   └── ModelMismatchError     a collection opened with another model than it was built with
     ├── ConfigError                options that cannot work together, missing extras
+    │   ├── IndexSpecError         an index spec that can never work or needs unbounded memory (422)
+    │   └── ModelUnavailableError  a collection's model cannot be loaded on this server (503)
     └── StorageError               the store itself (disk full, unreadable index, drift) (500/503)
         ├── ConsistencyError       SQL and the vector index disagree
         └── ShuttingDownError      the server is draining before it stops (503)
