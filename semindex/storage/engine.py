@@ -9,8 +9,10 @@ transaction can take the write lock up front (``BEGIN IMMEDIATE``).
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_conn.isolation_level = None  # let BEGIN below be the only transaction control
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout = 60000")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cur)
         cur.execute("PRAGMA synchronous = FULL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -58,6 +60,29 @@ def _sqlite_setup(engine: Engine) -> None:
         # "BEGIN IMMEDIATE" where a transaction reads before it writes and must not lose
         # the race for the write lock (a deferred one would fail at once with SQLITE_BUSY).
         conn.exec_driver_sql(conn.get_execution_options().get("semindex_begin", "BEGIN"))
+
+
+def _set_wal(cur: Any) -> None:
+    """Switch to WAL once per database file, surviving a race with another process doing the same.
+
+    Changing the journal mode needs an exclusive lock, and SQLite can answer SQLITE_BUSY at once
+    (no busy handler) when two processes open a brand-new store together; reading the mode first
+    makes every later open a pure read, and the rare collision is retried for up to the busy timeout.
+    """
+    deadline = time.monotonic() + 60
+    delay = 0.01
+    while True:
+        try:
+            mode = cur.execute("PRAGMA journal_mode").fetchone()
+            if mode and str(mode[0]).lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def make_engine(url: str) -> Engine:
@@ -83,7 +108,7 @@ def safe_url(url: str) -> str:
 def open_schema(engine: Engine, url: str) -> str:
     """Make sure the schema exists; returns the store's id. Errors name the database, not the driver."""
     try:
-        return _existing_store_id(engine) or _create_schema(engine)
+        return _retry_locked(lambda: _existing_store_id(engine) or _create_schema(engine))
     except sa.exc.OperationalError as exc:
         err = storage_error(exc)
         if "disk is full" in str(err):
@@ -91,6 +116,19 @@ def open_schema(engine: Engine, url: str) -> str:
         raise StorageError(f"cannot open database {safe_url(url)}: {exc.orig}") from exc
     except sa.exc.DBAPIError as exc:
         raise StorageError(f"cannot open database {safe_url(url)}: {exc.orig}") from exc
+
+
+def _retry_locked(fn: Callable[[], str]) -> str:
+    """Opening a store races other processes opening it (schema creation, WAL switch): a
+    "database is locked" there is retried briefly rather than reported as a failure to open."""
+    for attempt in range(8):
+        try:
+            return fn()
+        except sa.exc.OperationalError as exc:
+            if "locked" not in str(exc.orig) or attempt == 7:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _existing_store_id(engine: Engine) -> str | None:
