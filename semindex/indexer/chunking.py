@@ -20,7 +20,9 @@ The rules:
 
 from __future__ import annotations
 
+import copy
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,9 @@ _SPACE = re.compile(r"\s+")
 # CJK characters are one token each (as BERT's tokenizer splits them); other words whole.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _WORD_TOKENS = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+
+_COPIES: dict[int, tuple[Any, Any, threading.Lock]] = {}
+_COPIES_LOCK = threading.Lock()
 
 TokenOffsets = Callable[[str], list[tuple[int, int]]]
 """text -> the (start, end) character span of each token, no special tokens."""
@@ -88,8 +93,20 @@ def hf_offsets(tokenizer: Any) -> TokenOffsets:
     """Offsets from a Hugging Face fast tokenizer (``return_offsets_mapping``)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("chunking needs a fast (Rust) tokenizer for exact character offsets")
+    # A private copy: the encoder's tokenizer keeps padding/truncation state while it runs, so
+    # sharing it with another thread yields ragged batches; one copy per tokenizer, one call at a time.
+    with _COPIES_LOCK:
+        entry = _COPIES.get(id(tokenizer))
+        if entry is None or entry[0] is not tokenizer:
+            entry = (tokenizer, copy.deepcopy(tokenizer), threading.Lock())
+            _COPIES[id(tokenizer)] = entry
+    _, tokenizer, lock = entry
 
     def offsets(text: str) -> list[tuple[int, int]]:
+        with lock:
+            return _offsets(text)
+
+    def _offsets(text: str) -> list[tuple[int, int]]:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
                         verbose=False)
         return [(int(s), int(e)) for s, e in enc["offset_mapping"] if e > s]

@@ -331,6 +331,9 @@ class ExportedEncoder:
         self.model = SimpleNamespace(tokenizer=self.tokenizer, max_seq_length=self._max_len)
         self._run = runner
         self._lock = threading.Lock()
+        # A fast tokenizer holds padding/truncation state while it runs: two threads (concurrent
+        # requests, the chunker) calling it at once get ragged batches. One call at a time.
+        self._tok_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="semindex-tokenize")
 
     @property
@@ -338,7 +341,9 @@ class ExportedEncoder:
         return self._max_len
 
     def _tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self._max_len, return_tensors="np")
+        with self._tok_lock:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self._max_len,
+                                 return_tensors="np")
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
