@@ -19,7 +19,6 @@ Nothing here knows about models, HTTP or the command line (the layering contract
 pyproject.toml checks it). Callers above use the names re-exported here.
 """
 
-from .autoindex import parse_bytes
 from .check import CheckReport
 from .checkpoint import format_params
 from .engine import store_exists
@@ -36,6 +35,7 @@ from .records import (
     validate_collection_name,
 )
 from .store import CollectionStorage, Storage
+from .vectors import parse_bytes
 
 __all__ = [
     "NAME_RE",

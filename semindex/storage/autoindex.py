@@ -50,6 +50,7 @@ from .vectors import (
     pq_subquantizers,
     spec_kind,
 )
+from .vectors import parse_bytes as parse_bytes  # re-exported: callers of autoindex name it here
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,6 @@ TUNE_QUERIES = 200
 TUNE_K = 10
 DEFAULT_TARGET_RECALL = 0.95
 RANK = {"flat": 0, "hnsw": 1, "ivf": 2, "ivfpq": 3}
-
-
-def parse_bytes(text: str | int | float) -> int:
-    if isinstance(text, (int, float)):
-        return int(text)
-    t = text.strip().upper().rstrip("B").rstrip("I")
-    mult = 1
-    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-        if t.endswith(suffix):
-            t, mult = t[:-1], m
-            break
-    try:
-        return int(float(t) * mult)
-    except ValueError as exc:
-        raise ConfigError(f"bad memory size {text!r} (e.g. 4G, 512M)") from exc
 
 
 def default_budget() -> int:

@@ -32,6 +32,7 @@ from .base import (
     default_nlist,
     faiss_metric,
     gpu_available,
+    parse_bytes,
     pq_subquantizers,
 )
 from .factory import MMAP_MIN_BYTES, build_index, check_spec, load_index, min_training_points, spec_kind
@@ -59,6 +60,7 @@ __all__ = [
     "gpu_available",
     "load_index",
     "min_training_points",
+    "parse_bytes",
     "pq_subquantizers",
     "spec_kind",
 ]

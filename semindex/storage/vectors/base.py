@@ -126,20 +126,30 @@ def _id_selector(ids: np.ndarray) -> Any:
     return _selector_keepalive(faiss.IDSelectorBatch(arr), arr)
 
 
+def parse_bytes(text: str | int | float) -> int:
+    """A size in bytes, or with a K/M/G/T suffix (binary units): "4G", "512MiB", 1e9."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    t = text.strip().upper().rstrip("B").rstrip("I")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    try:
+        return int(float(t) * mult)
+    except ValueError as exc:
+        raise ConfigError(f"bad memory size {text!r} (e.g. 4G, 512M)") from exc
+
+
 def default_memory_budget() -> int:
     """Bytes an index may take: $SEMINDEX_INDEX_MEMORY (bytes, or with a K/M/G suffix), else half
     the machine's RAM. Also the bound on what an index spec may ask for up front."""
     env = os.environ.get("SEMINDEX_INDEX_MEMORY")
     if env:
-        t = env.strip().upper().rstrip("B").rstrip("I")
-        mult = 1
-        for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-            if t.endswith(suffix):
-                t, mult = t[:-1], m
-                break
         try:
-            return int(float(t) * mult)
-        except ValueError as exc:
+            return parse_bytes(env)
+        except ConfigError as exc:
             raise ConfigError(f"bad SEMINDEX_INDEX_MEMORY {env!r} (e.g. 4G, 512M)") from exc
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
