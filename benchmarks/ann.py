@@ -3,6 +3,7 @@
     python benchmarks/ann.py --n 200000                      # synthetic, quick
     OMP_NUM_THREADS=2 nohup python benchmarks/ann.py --n 1000000 > /tmp/ann_1m.log &
     python benchmarks/ann.py --real-scifact                  # the SciFact embeddings (5,183 docs)
+    python benchmarks/ann.py --n 0 --real-scifact --types flat,sq8,binary   # issue 13's quantized targets
 
 Every index is built with ``semindex.storage.autoindex.build_from_source`` - the function the
 store's rebuild runs - from an ``ArraySource`` over a memory-mapped .npy (the store reads SQL
@@ -176,6 +177,22 @@ def run(name: str, x: np.ndarray, q: np.ndarray, types: list[str], target: float
             ok = a["recall"] >= 0.95 and a["qps1"] >= 20 * flat["qps1"]
             print(f"#   auto: recall@10 {a['recall']:.3f} (>= 0.95), single-query QPS {a['qps1'] / flat['qps1']:.1f}x flat "
                   f"(>= 20x): {'MET' if ok else 'NOT MET'}", flush=True)
+        for kind, want in (("sq8", 0.99), ("binary", 0.95)):
+            if kind in rows:
+                r = rows[kind]
+                rel = r["recall"] / max(flat["recall"], 1e-9)
+                print(f"#   {kind}: recall@10 {r['recall']:.3f} = {rel:.3f} of flat (>= {want}), "
+                      f"{r['bpv']:.0f} bytes/vector vs flat {flat['bpv']:.0f} ({flat['bpv'] / r['bpv']:.1f}x smaller), "
+                      f"single-query QPS {r['qps1'] / flat['qps1']:.2f}x flat: {'MET' if rel >= want else 'NOT MET'}",
+                      flush=True)
+        if "ivfpq" in rows and ("sq8" in rows or "binary" in rows):
+            p = rows["ivfpq"]
+            for kind in ("sq8", "binary"):
+                if kind in rows:
+                    r = rows[kind]
+                    print(f"#   {kind} vs ivfpq: memory {r['mem'] / p['mem']:.2f}x, QPS@1 {r['qps1'] / p['qps1']:.2f}x, "
+                          f"QPS@64 {r['qps64'] / p['qps64']:.2f}x, recall@10 {r['recall']:.3f} vs {p['recall']:.3f}",
+                          flush=True)
         if "ivfpq" in rows:
             p = rows["ivfpq"]
             ok = p["recall"] >= 0.90 and p["mem"] <= flat["mem"] / 8
@@ -189,7 +206,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--types", default="flat,ivf,ivfpq,auto,hnsw")
+    ap.add_argument("--types", default="flat,ivf,ivfpq,sq8,binary,auto,hnsw")
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--budget", default=None, help="memory budget for auto, e.g. 4G (default: half the RAM)")
     ap.add_argument("--seed", type=int, default=0)

@@ -136,7 +136,7 @@ class CollectionInfo:
     bytes_on_disk: int
     index_bytes: int
     version: int
-    index_policy: str = "flat"  # what the collection asked for: auto, flat, hnsw, ivf, ivfpq or a factory string
+    index_policy: str = "flat"  # what the collection asked for: auto, flat, hnsw, ivf, ivfpq, sq8, binary or a factory string
     index_params: dict[str, Any] = field(default_factory=dict)  # nlist, nprobe, efSearch, k_factor, recall@10...
     bytes_per_vector: float = 0.0  # index memory / vectors
     index_device: str = "cpu"
@@ -208,7 +208,7 @@ class Store:
         them, and opening one with another precision than it holds is a ConfigError.
 
         ``index`` (for a new collection): "auto" (flat while small, then HNSW, IVF, IVF-PQ as
-        it grows; see the README), "flat", "hnsw", "ivf", "ivfpq" or a FAISS factory string.
+        it grows; see the README), "flat", "hnsw", "ivf", "ivfpq", "sq8", "binary" or a FAISS factory string.
 
         Opening an existing collection with a different model is a ModelMismatchError:
         vectors from two models are not comparable.
@@ -724,7 +724,7 @@ class Collection:
         device: str | None = None,
     ) -> dict[str, Any]:
         """Rebuild the vector index from the stored embeddings (no re-encoding), optionally as
-        another type (auto, flat, hnsw, ivf, ivfpq, or a FAISS factory string such as
+        another type (auto, flat, hnsw, ivf, ivfpq, sq8, binary, or a FAISS factory string such as
         "IVF256,PQ32"), tuned to ``target_recall`` (recall@10, default 0.95).
         Returns {"old": {type, params}, "new": {type, params}, "count", "seconds"}."""
         return self.storage.reindex(index, target_recall=target_recall, memory_budget=memory_budget, device=device)

@@ -123,7 +123,7 @@ class CollectionOut(BaseModel):
     bytes_on_disk: int
     index_bytes: int
     version: int
-    index_policy: str = Field(description="What the collection asked for: auto, flat, hnsw, ivf, ivfpq or a FAISS factory string.")
+    index_policy: str = Field(description="What the collection asked for: auto, flat, hnsw, ivf, ivfpq, sq8, binary or a FAISS factory string.")
     index_params: dict[str, Any] = Field(description="Tuned parameters: nlist, nprobe, efSearch, k_factor, recall@10...")
     bytes_per_vector: float
     index_device: str

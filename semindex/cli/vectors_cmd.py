@@ -16,7 +16,7 @@ from .progress import progress_bar
 @cli.command("reindex")
 @store_options
 @click.option("--index", "spec", default=None, metavar="TYPE|FACTORY",
-              help="auto, flat, hnsw, ivf, ivfpq, or a FAISS factory string such as 'IVF256,PQ32' "
+              help="auto, flat, hnsw, ivf, ivfpq, sq8, binary, or a FAISS factory string such as 'IVF256,PQ32' "
                    "(default: the collection's current choice).")
 @click.option("--target-recall", type=click.FloatRange(0.01, 1.0), default=None,
               help="recall@10 the search parameters (nprobe, efSearch) are tuned to [default: 0.95].")

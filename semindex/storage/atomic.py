@@ -66,6 +66,17 @@ def write_index_atomic(index: Any, path: Path) -> None:
     _atomic_write(path, write)
 
 
+def write_bytes_atomic(path: Path, parts: list[bytes | memoryview]) -> None:
+    """Raw bytes (written part by part, no joined copy) to ``path``, crash-safe."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            for part in parts:
+                fh.write(part)
+
+    _atomic_write(path, write)
+
+
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -9,9 +9,16 @@ n < 500,000 and HNSW fits B   ``hnsw`` (M=32): best QPS/recall; build cost grows
                               at 500k where a rebuild would take minutes
 IVF-Flat fits B               ``ivf`` with nlist ~ 4*sqrt(n); cheap to train on a
                               sample, supports removal
+n < 500,000 and SQ8 fits B    ``sq8``: a scan of d-byte codes (4x smaller than flat),
+                              candidates rescored exactly from SQL
+n < 500,000 and binary fits B ``binary``: a Hamming scan of d/8-byte sign codes (32x
+                              smaller), candidates rescored exactly from SQL
 otherwise                     ``ivfpq``: ~d/8 bytes of code per vector (or fewer, to
                               fit B), candidates rescored exactly from SQL
 ============================  =========================================================
+
+The scans (sq8, binary) stop at 500k vectors, where IVF-PQ's probing of a few cells is
+faster than reading every code.
 
 B is ``collections.config["memory_budget"]`` (bytes), else $SEMINDEX_INDEX_MEMORY
 (bytes, or with a K/M/G suffix), else half the machine's RAM.
@@ -61,7 +68,10 @@ IVF_REGROW = 4.0  # retrain an IVF when the collection is this many times what i
 TUNE_QUERIES = 200
 TUNE_K = 10
 DEFAULT_TARGET_RECALL = 0.95
-RANK = {"flat": 0, "hnsw": 1, "ivf": 2, "ivfpq": 3}
+RANK = {"flat": 0, "hnsw": 1, "ivf": 2, "sq8": 3, "binary": 4, "ivfpq": 5}
+# indexes whose quantizer is learnt from the first vectors they see (IVF cells, SQ8 ranges,
+# binary thresholds): rebuilt from a fresh sample when the collection outgrows that sample
+REGROWN = ("ivf", "ivfpq", "sq8", "binary")
 
 
 def default_budget() -> int:
@@ -81,6 +91,10 @@ def estimate_bytes(kind: str, n: int, dimension: int, pq_m: int | None = None) -
     if kind == "ivfpq":
         m = pq_m or pq_subquantizers(dimension)
         return n * (m + 8) + nlist * dimension * 4 + 256 * dimension * 4
+    if kind == "sq8":
+        return n * (dimension + 24) + 8 * dimension
+    if kind == "binary":
+        return n * ((dimension + 7) // 8 + 24) + 4 * dimension
     raise ConfigError(f"no estimate for {kind!r}")
 
 
@@ -100,6 +114,10 @@ def choose_spec(n: int, dimension: int, budget: int | None = None) -> Choice:
         return Choice("hnsw", {}, f"{n} vectors < {HNSW_MAX} and HNSW fits the {budget >> 20} MiB budget")
     if estimate_bytes("ivf", n, dimension) <= budget:
         return Choice("ivf", {}, f"{n} vectors: IVF-Flat fits the {budget >> 20} MiB budget")
+    for kind, what in (("sq8", "8-bit codes"), ("binary", "sign bits")):
+        if n < HNSW_MAX and estimate_bytes(kind, n, dimension) <= budget:
+            return Choice(kind, {}, f"{n} vectors: only {what} ({kind}) fit the {budget >> 20} MiB budget; "
+                                    "candidates rescored exactly")
     m = pq_subquantizers(dimension)
     while m > 1 and estimate_bytes("ivfpq", n, dimension, m) > budget:
         m = pq_subquantizers(dimension, m - 1)
@@ -122,10 +140,13 @@ def outgrown(index: VectorIndex, policy: str, n: int, dimension: int, budget: in
         cur = RANK.get(index.kind)
         if cur is not None and RANK[choice.spec] > cur:
             return f"grew to {n} vectors: {index.kind} -> {choice.spec} ({choice.reason})"
-    if index.kind in ("ivf", "ivfpq"):
+    if index.kind in REGROWN:
         built_for = int(index.params.get("built_for", 0) or 0)
+        if not built_for and index.kind in ("sq8", "binary"):  # trained by its first add, never built
+            built_for = int(index.params.get("trained_on", 0) or 0)
         if built_for and n > IVF_REGROW * max(built_for, 1000):
-            return f"grew to {n} vectors, {n / built_for:.1f}x what its {index.params.get('nlist')} cells were trained for"
+            what = f"its {index.params.get('nlist')} cells" if index.kind.startswith("ivf") else "its quantizer"
+            return f"grew to {n} vectors, {n / built_for:.1f}x what {what} was trained for"
     return None
 
 

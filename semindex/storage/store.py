@@ -741,7 +741,7 @@ class CollectionStorage:
     ) -> dict[str, Any]:
         """Rebuild the index from the stored embeddings (never re-encoding) and swap the checkpoint.
 
-        ``spec``: auto, flat, hnsw, ivf, ivfpq or a FAISS factory string (default: the current
+        ``spec``: auto, flat, hnsw, ivf, ivfpq, sq8, binary or a FAISS factory string (default: the current
         choice). The collection row records the choice and the tuning target; returns
         ``{"old": {...}, "new": {...}, "seconds": ..., "count": ...}``.
         """

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from semindex.indexer.encoder import canonical_model_name
@@ -217,6 +218,24 @@ def test_vectors_only_collection(client: httpx.Client) -> None:
     error_of(client.post("/collections/vec/search", json={"query": "hello"}), 422)
     error_of(client.post("/collections/default/search", json={"vector": [1.0, 2.0]}), 422, "dimension_mismatch")
     assert client.delete("/collections/vec").status_code == 200
+
+
+@pytest.mark.parametrize("kind, code_bytes", [("sq8", 8), ("binary", 1)])
+def test_quantized_collections_over_http(client: httpx.Client, kind: str, code_bytes: int) -> None:
+    name = f"q-{kind}"
+    r = client.post("/collections", json={"name": name, "dimension": 8, "index": kind})
+    assert r.status_code == 201, r.text
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    up = client.post(f"/collections/{name}/documents", json={"ids": [f"v{i}" for i in range(300)],
+                                                            "embeddings": x.tolist()})
+    assert up.status_code == 200 and up.json()["added"] == 300
+    hits = client.post(f"/collections/{name}/search", json={"vector": x[42].tolist(), "k": 3}).json()["hits"]
+    assert hits[0]["id"] == "v42" and abs(hits[0]["score"] - 1.0) < 1e-5  # exact rescoring, real cosine
+    info = client.get(f"/collections/{name}").json()
+    assert info["index_policy"] == info["index_type"] == kind and info["bytes_per_vector"] == code_bytes + 24
+    assert client.delete(f"/collections/{name}").status_code == 200
 
 
 # -- errors ---------------------------------------------------------------------------

@@ -102,3 +102,20 @@ def test_import_errors_are_clear(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "dimension" in res.output
     res = CliRunner().invoke(cli, ["reindex", "--index", "Bogus", "--store", str(tmp_path / "s")])
     assert res.exit_code != 0 and "bad FAISS factory string 'Bogus' (could not parse" in res.output
+
+
+def test_reindex_to_the_quantized_types_and_search_them(tmp_path: Path) -> None:
+    store = str(tmp_path / "s")
+    x = vecs(1500, seed=5)
+    np.save(tmp_path / "emb.npy", x)
+    run("import-vectors", str(tmp_path / "emb.npy"), "--store", store, "-c", "v")
+    np.save(tmp_path / "q.npy", x[[3, 300]])
+    for kind, code in (("sq8", DIM), ("binary", DIM // 8)):
+        rep = json.loads(run("reindex", "--index", kind, "--json", "--store", store, "-c", "v"))
+        assert rep["new"]["type"] == kind and "k_factor" in rep["new"]["params"]
+        info = json.loads(run("info", "--json", "--store", store))["collections"][0]
+        assert info["index_type"] == kind and info["bytes_per_vector"] == code + 24
+        res = lines(run("search", "--query-vectors", str(tmp_path / "q.npy"), "-k", "2", "--json",
+                        "--store", store, "-c", "v"))
+        assert [r["hits"][0]["id"] for r in res] == ["3", "300"]
+        assert abs(res[0]["hits"][0]["score"] - 1.0) < 1e-5  # rescored: the real cosine

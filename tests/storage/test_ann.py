@@ -18,7 +18,7 @@ from semindex.storage.vectors import IVFIndex, build_index, load_index
 
 DIM = 32
 N = 3000
-TYPES = ["flat", "hnsw", "ivf", "ivfpq", "IVF16,PQ8", "HNSW16", "PQ8"]
+TYPES = ["flat", "hnsw", "ivf", "ivfpq", "sq8", "binary", "IVF16,PQ8", "HNSW16", "PQ8"]
 
 
 def clustered(n: int, seed: int = 0, dim: int = DIM, clusters: int = 40) -> np.ndarray:
@@ -178,7 +178,11 @@ def test_auto_policy_thresholds_and_budget() -> None:
     assert autoindex.choose_spec(1_000_000, 384, 8 << 30).spec == "ivf"
     small = autoindex.choose_spec(1_000_000, 384, 200 << 20)
     assert small.spec == "ivfpq" and small.params["pq_m"] <= 48
-    assert autoindex.choose_spec(200_000, 384, 100 << 20).spec == "ivfpq"  # HNSW does not fit
+    # under 500k, when neither HNSW nor IVF-Flat fits: the 8-bit scan, then sign bits, then IVF-PQ
+    assert autoindex.choose_spec(200_000, 384, 100 << 20).spec == "sq8"
+    assert autoindex.choose_spec(200_000, 384, 20 << 20).spec == "binary"
+    assert autoindex.choose_spec(200_000, 384, 10 << 20).spec == "ivfpq"
+    assert autoindex.choose_spec(600_000, 384, 300 << 20).spec == "ivfpq"  # past 500k a scan is too slow
     assert autoindex.parse_bytes("1.5G") == int(1.5 * 2**30)
 
 

@@ -10,6 +10,9 @@ one module each, all chosen by a spec string through :func:`build_index`
 * ``ivf``   - `IVFIndex` (``ivf.py``): IVF-Flat with a hash-table DirectMap;
 * ``ivfpq`` - `IVFIndex`: IVF-PQ whose candidates are rescored exactly from the
   stored vectors (``refine_source``), so the RAM index stays ~1/20 of flat;
+* ``sq8``   - `FlatIndex` over FAISS SQ8 codes (1 byte per dimension), candidates rescored exactly;
+* ``binary`` - `BinaryIndex` (``binary.py``): sign bits around per-dimension medians (d/8 bytes),
+  Hamming search, candidates rescored exactly;
 * any FAISS factory string ("IVF256,PQ32", "HNSW48", "PQ16", "OPQ16,IVF1024,PQ16").
 
 Search parameters (nprobe, efSearch, k_factor) live in ``index.params``; the
@@ -35,6 +38,7 @@ from .base import (
     parse_bytes,
     pq_subquantizers,
 )
+from .binary import BinaryIndex
 from .factory import MMAP_MIN_BYTES, build_index, check_spec, load_index, min_training_points, spec_kind
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
@@ -45,6 +49,7 @@ __all__ = [
     "HNSW_M",
     "METRICS",
     "MMAP_MIN_BYTES",
+    "BinaryIndex",
     "FlatIndex",
     "HNSWIndex",
     "IVFIndex",

@@ -27,7 +27,7 @@ from ..atomic import write_index_atomic
 log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "dot", "l2")
-ANN_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+ANN_KINDS = ("flat", "hnsw", "ivf", "ivfpq", "sq8", "binary")
 
 
 def faiss_metric(metric: str) -> int:
@@ -105,7 +105,7 @@ def _bad_factory(spec: str, exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     m = re.search(r" at \S+:\d+: (.*)$", text)
     why = m.group(1) if m else text
-    return (f"bad FAISS factory string {spec!r} ({why}); use auto, flat, hnsw, ivf, ivfpq or a FAISS "
+    return (f"bad FAISS factory string {spec!r} ({why}); use auto, flat, hnsw, ivf, ivfpq, sq8, binary or a FAISS "
             "factory string such as 'IVF256,PQ32'")
 
 
@@ -210,6 +210,9 @@ class _BaseIndex:
     kind = "base"
     supports_selector = True
     lossy = False
+    # rescore even at k_factor 1: the codes' own scores are not the metric's (sq8, binary), so
+    # callers would see approximate scores; PQ's default k_factor > 1 makes this moot for it
+    always_refine = False
 
     if TYPE_CHECKING:  # every concrete index defines it; not here, so a bare _BaseIndex stays truthy
         def __len__(self) -> int: ...
@@ -302,7 +305,7 @@ class _BaseIndex:
             return (np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32),
                     np.full((len(queries), max(k, 0)), -1, dtype=np.int64))
         k_factor = int(over.get("k_factor", self.params.get("k_factor", 1)))
-        refine = self.refine_source is not None and k_factor > 1
+        refine = self.refine_source is not None and (k_factor > 1 or self.always_refine)
         # the pool to rescore is at least what tuning measured (k=10), whatever k is asked
         kk = max(k, REFINE_MIN_K) * k_factor if refine else k
         if allowed is not None and not self.supports_selector:

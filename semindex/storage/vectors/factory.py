@@ -12,13 +12,14 @@ import faiss
 
 from ...errors import IndexSpecError, StorageError
 from .base import ANN_KINDS, VectorIndex, _bad_factory, default_memory_budget, faiss_metric
+from .binary import BinaryIndex, read_binary
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
 from .ivf import IVFIndex
 
 
 def spec_kind(spec: str) -> str:
-    """flat / hnsw / ivf / ivfpq / auto, or 'factory' for a FAISS factory string."""
+    """flat / hnsw / ivf / ivfpq / sq8 / binary / auto, or 'factory' for a FAISS factory string."""
     if spec in ANN_KINDS or spec == "auto":
         return spec
     return "factory"
@@ -102,7 +103,7 @@ def min_training_points(spec: str, dimension: int) -> int:
     """The fewest vectors FAISS can train ``spec`` on (IVF cells, PQ centroids); 1 when it needs none.
 
     'ivf' and 'ivfpq' size their cells and code bits from the data, so a couple of vectors do."""
-    if spec in ("flat", "hnsw", "auto", "ivf"):
+    if spec in ("flat", "hnsw", "auto", "ivf", "sq8", "binary"):
         return 1
     if spec == "ivfpq":
         return 2
@@ -123,7 +124,7 @@ def min_training_points(spec: str, dimension: int) -> int:
 def build_index(
     spec: str, dimension: int, metric: str, params: Mapping[str, Any] | None = None
 ) -> VectorIndex:
-    """An empty index for a spec string: flat, hnsw, ivf, ivfpq, auto (flat until trained on
+    """An empty index for a spec string: flat, hnsw, ivf, ivfpq, sq8, binary, auto (flat until trained on
     data; the store resolves 'auto' with :func:`semindex.storage.autoindex.choose_spec`), or any
     FAISS factory string such as "IVF256,PQ32", "HNSW48" or "PQ16"."""
     faiss_metric(metric)
@@ -132,15 +133,17 @@ def build_index(
     if not isinstance(spec, str) or not spec.strip():
         raise IndexSpecError(f"index type must be a non-empty string, got {spec!r}")
     spec = spec.strip()
-    if spec in ("flat", "auto"):
-        return FlatIndex(dimension, metric, params=params)
+    if spec in ("flat", "auto", "sq8"):
+        return FlatIndex(dimension, metric, spec="flat" if spec == "auto" else spec, params=params)
+    if spec == "binary":
+        return BinaryIndex(dimension, metric, params=params)
     if spec == "hnsw":
         return HNSWIndex(dimension, metric, params=params)
     if spec in ("ivf", "ivfpq"):
         return IVFIndex(dimension, metric, spec=spec, params=params)
     if not re.match(r"^[A-Za-z0-9_,.=x+-]+$", spec) or not re.search(r"[A-Z]", spec):
         raise IndexSpecError(
-            f"unknown index type {spec!r}; use auto, flat, hnsw, ivf, ivfpq or a FAISS factory "
+            f"unknown index type {spec!r}; use auto, flat, hnsw, ivf, ivfpq, sq8, binary or a FAISS factory "
             "string such as 'IVF256,PQ32'"
         )
     if "IDMap" in spec:
@@ -184,6 +187,8 @@ def load_index(
                 want_mmap = path.stat().st_size >= MMAP_MIN_BYTES
         else:
             want_mmap = mmap
+    if kind == "binary":
+        return read_binary(path, dimension, metric, params)
     try:
         raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if want_mmap else 0)
     except Exception as exc:  # faiss raises RuntimeError with C++ text
@@ -191,8 +196,8 @@ def load_index(
     if raw.d != dimension:
         raise StorageError(f"vector index {path} has dimension {raw.d}, expected {dimension}")
     index: FlatIndex | HNSWIndex | IVFIndex
-    if kind == "flat":
-        index = FlatIndex(dimension, metric, index=raw, params=params)
+    if kind in ("flat", "sq8"):
+        index = FlatIndex(dimension, metric, index=raw, spec=kind, params=params)
     elif kind == "hnsw" or (kind == "factory" and spec.startswith("HNSW")):
         index = HNSWIndex(dimension, metric, index=raw, spec=spec, params=params)
     elif kind in ("ivf", "ivfpq") or (kind == "factory" and "IVF" in spec):

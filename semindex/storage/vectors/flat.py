@@ -1,4 +1,5 @@
-"""``flat``: exact search, and the wrapper for flat-like FAISS factory strings ("PQ32", "SQ8")."""
+"""``flat``: exact search; ``sq8``: the same scan over 8-bit scalar-quantized codes (4x smaller),
+its candidates rescored exactly; and the wrapper for flat-like FAISS factory strings ("PQ32")."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ import numpy as np
 
 from .base import DEFAULT_K_FACTOR, LOSSY, _BaseIndex, _no_polysemous, as_ids, as_vectors, faiss_metric
 
+_FACTORY = {"sq8": "SQ8"}  # named kinds that are a FAISS factory string underneath
+
 
 class FlatIndex(_BaseIndex):
     """Exact search. IndexIDMap2 so ids can be listed and vectors reconstructed (for `check`).
 
-    Also the wrapper for factory strings that are neither IVF nor HNSW (e.g. "PQ32", "SQ8"):
-    they are prefixed with IDMap2 and behave the same way.
+    ``sq8`` is FAISS's SQ8 (one byte per dimension, per-dimension min/max learnt from the
+    first vectors added; the store retrains it as the collection grows, see
+    autoindex.outgrown) with ``k_factor`` x k candidates rescored from the stored float32
+    vectors, so its top k are exact among the candidates. Also the wrapper for factory strings
+    that are neither IVF nor HNSW (e.g. "PQ32"): they are prefixed with IDMap2 and behave the
+    same way.
     """
 
     kind = "flat"
@@ -31,8 +38,9 @@ class FlatIndex(_BaseIndex):
     ) -> None:
         super().__init__(spec, dimension, metric, params)
         if spec != "flat":
-            self.kind = "factory"
-            self.lossy = bool(LOSSY.search(spec))
+            self.kind = "sq8" if spec == "sq8" else "factory"
+            self.lossy = spec == "sq8" or bool(LOSSY.search(spec))
+            self.always_refine = spec == "sq8"
             if self.lossy:
                 self.params.setdefault("k_factor", DEFAULT_K_FACTOR)
         if index is None:
@@ -42,11 +50,11 @@ class FlatIndex(_BaseIndex):
                 )
                 index = faiss.IndexIDMap2(base)
             else:
-                index = faiss.index_factory(dimension, "IDMap2," + spec, faiss_metric(metric))
+                index = faiss.index_factory(dimension, "IDMap2," + _FACTORY.get(spec, spec), faiss_metric(metric))
                 _no_polysemous(faiss.downcast_index(index.index))
         self.index = index
-        if spec != "flat":
-            self.supports_selector = False  # IndexPQ & co. reject SearchParameters
+        if spec not in ("flat", "sq8"):
+            self.supports_selector = False  # IndexPQ & co. reject SearchParameters (SQ takes them)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
