@@ -10,7 +10,17 @@
 
 from __future__ import annotations
 
-from .core import Collection, CollectionInfo, Document, Store, embed
+from .core import (
+    CacheStats,
+    Collection,
+    CollectionInfo,
+    Document,
+    Store,
+    configure_query_cache,
+    embed,
+    query_cache_stats,
+    set_model_threads,
+)
 from .errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -40,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "CacheStats",
     "CheckReport",
     "ChunkHit",
     "ChunkSpec",
@@ -68,9 +79,12 @@ __all__ = [
     "StorageError",
     "Store",
     "__version__",
+    "configure_query_cache",
     "embed",
     "finetune",
+    "query_cache_stats",
     "reembed",
     "register_encoder",
+    "set_model_threads",
     "unregister_encoder",
 ]

@@ -42,6 +42,9 @@ from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --eng
 from .indexer.vector_files import VectorFile, load_query_vectors, open_vector_file
 from .search.evaluate import QUERY_BATCH, EvalResult, evaluate
 from .search.hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS
+from .search.query_cache import CachedQueryEncoder, CacheStats
+from .search.query_cache import configure as configure_query_cache
+from .search.query_cache import stats as query_cache_stats
 from .search.searcher import (  # the MMR/context/level bounds: for the CLI and API
     DEFAULT_MMR_FETCH_K,
     DEFAULT_MMR_LAMBDA,
@@ -79,6 +82,7 @@ __all__ = [
     "MAX_K",
     "NAME_RE",
     "QUERY_BATCH",
+    "CacheStats",
     "ChunkSpec",
     "Collection",
     "CollectionInfo",
@@ -89,6 +93,7 @@ __all__ = [
     "Store",
     "VectorFile",
     "VectorImportStats",
+    "configure_query_cache",
     "default_store_path",
     "detect_format",
     "estimate_total",
@@ -99,6 +104,7 @@ __all__ = [
     "load_split",
     "open_vector_file",
     "parse_filter",
+    "query_cache_stats",
     "read_queries",
     "set_model_threads",
 ]
@@ -661,10 +667,11 @@ class Collection:
         fetch_k: int | None = None,
         context_chunks: int = 0,
     ) -> list[list[Hit]]:
-        """:meth:`search` for many queries at once (encoded in one batch)."""
+        """:meth:`search` for many queries at once (encoded in one batch; repeats of earlier
+        queries come from the query-embedding cache, see :func:`configure_query_cache`)."""
         return run_search(
             self.storage,
-            lambda: self.encoder,
+            lambda: CachedQueryEncoder(self.encoder),
             queries,
             k,
             filter,

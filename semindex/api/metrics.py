@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..core import query_cache_stats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -41,6 +45,8 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.registry.register(_QueryCacheCollector())
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
@@ -54,3 +60,20 @@ class Metrics:
         for name, count in sizes:
             self.sizes.labels(name).set(count)
         return generate_latest(self.registry)
+
+
+class _QueryCacheCollector(Collector):
+    """The query-embedding cache's process-wide counters, read at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        st = query_cache_stats()
+        hits = CounterMetricFamily("semindex_query_cache_hits", "Query embeddings answered from the cache.")
+        hits.add_metric([], st.hits)
+        misses = CounterMetricFamily("semindex_query_cache_misses", "Query embeddings the model had to compute.")
+        misses.add_metric([], st.misses)
+        entries = GaugeMetricFamily("semindex_query_cache_entries", "Query embeddings held in the cache now.")
+        entries.add_metric([], st.entries)
+        size = GaugeMetricFamily("semindex_query_cache_max_entries", "Entries the cache keeps per model (0: off).")
+        size.add_metric([], st.max_entries)
+        yield from (hits, misses, entries, size)
+

@@ -346,6 +346,23 @@ def test_metrics(client: httpx.Client) -> None:
     assert client.delete("/collections/default/documents/m1").status_code == 200
 
 
+def test_repeated_queries_hit_the_query_cache_and_metrics_count_them(client: httpx.Client) -> None:
+    def counts() -> tuple[float, float]:
+        text = client.get("/metrics").text
+        hits = re.search(r"^semindex_query_cache_hits_total (\S+)$", text, re.M)
+        misses = re.search(r"^semindex_query_cache_misses_total (\S+)$", text, re.M)
+        assert hits and misses, text[-2000:]
+        return float(hits.group(1)), float(misses.group(1))
+
+    h0, m0 = counts()
+    body = {"query": "a query that a search box sends twice", "k": 3}
+    first = client.post("/collections/default/search", json=body).json()["hits"]
+    second = client.post("/collections/default/search", json=body).json()["hits"]
+    assert first == second
+    h1, m1 = counts()
+    assert (h1 - h0, m1 - m0) == (1, 1)
+
+
 def test_zz_sigterm_shuts_down_cleanly(served: ServeProcess) -> None:
     """Last in the module: SIGTERM -> graceful shutdown, exit 0, index checkpointed, store consistent."""
     assert served.stop(signal.SIGTERM) == 0, served.log()
