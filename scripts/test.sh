@@ -25,7 +25,11 @@ if [ -z "${SEMINDEX_TEST_PG_URL:-}" ] && [ "${SEMINDEX_TEST_PG:-}" != skip ]; th
   echo "PostgreSQL for the tests: $SEMINDEX_TEST_PG_URL (stopped afterwards)"
 fi
 
+# One worker per core (pytest-xdist), whole files per worker (--dist loadfile): module-scoped
+# servers and the ordered tests of a file stay together. SEMINDEX_TEST_WORKERS=0 runs in one
+# process; a -n in the arguments wins over this default.
+WORKERS=${SEMINDEX_TEST_WORKERS:-auto}
 # not exec: the trap above must run after pytest to stop the cluster
 status=0
-"$PY" -m pytest -q "$@" || status=$?
+"$PY" -m pytest -q -n "$WORKERS" --dist loadfile "$@" || status=$?
 exit $status
