@@ -70,6 +70,11 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
               help="Connections (and tasks) at once; more are answered 503 at once instead of queueing.")
 @click.option("--timeout-keep-alive", default=5, show_default=True, type=click.IntRange(1, 3600),
               help="Seconds an idle keep-alive connection is held open.")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a connection has to send a complete request head (from when it opens, or from the "
+                   "first byte of its next request); then it is closed.")
+@click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a request has for its whole body to arrive; then it is answered 408 and closed.")
 def serve_command(
     store_path: Path,
     db_url: str | None,
@@ -88,6 +93,8 @@ def serve_command(
     allow_models: tuple[str, ...],
     limit_concurrency: int,
     timeout_keep_alive: int,
+    header_timeout: float,
+    body_timeout: float,
 ) -> None:
     """Serve the store over HTTP (JSON; docs at /docs, schema at /openapi.json).
 
@@ -105,6 +112,7 @@ def serve_command(
     import uvicorn
 
     from ..api import create_app
+    from ..api.server import limit_repeated_logs, timeout_protocol
 
     if api_key is not None and api_key.strip() != api_key:
         # clients send the key trimmed (a header value cannot keep surrounding spaces), so an
@@ -138,12 +146,14 @@ def serve_command(
             limit_concurrency=limit_concurrency,  # a flood of sockets gets 503s, not "Too many open files"
             timeout_keep_alive=timeout_keep_alive,
             h11_max_incomplete_event_size=64 * 1024,  # request line + headers
+            http=timeout_protocol(header_timeout, body_timeout),  # uvicorn has no read timeouts of its own
         )
         server = _server(config)
         click.echo(f"semindex: serving {store.path} on http://{host}:{port} "
                    f"({'API key required' if api_key else 'no API key'})", err=True)
         try:
-            server.run()
+            with limit_repeated_logs():  # after uvicorn.Config, which configures its loggers
+                server.run()
         except SystemExit as exc:  # uvicorn exits 3 (our "not found" code) when it cannot start
             raise ConfigError(f"the server did not start on {host}:{port} (see the log above)") from exc
         if not server.started:
