@@ -23,6 +23,7 @@ SemindexError is a bug and is allowed to surface as one.
     ├── ConfigError                options that cannot work together, missing extras
     │   ├── IndexSpecError         an index spec that can never work or needs unbounded memory (422)
     │   └── ModelUnavailableError  a collection's model cannot be loaded on this server (503)
+    ├── DeadlineExceededError      a request past the server's time limit (504)
     └── StorageError               the store itself (disk full, unreadable index, drift) (500/503)
         ├── ConsistencyError       SQL and the vector index disagree
         └── ShuttingDownError      the server is draining before it stops (503)
@@ -167,6 +168,15 @@ class ModelUnavailableError(ConfigError):
     http_status = 503
 
 
+class DeadlineExceededError(SemindexError):
+    """A request that ran past the server's time limit (``serve --request-timeout``). Raised
+    only before a write has started or between slices of a search, so nothing is half applied:
+    a write that had begun finishes and is answered; one that had not is never started."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+
+
 class ShuttingDownError(StorageError):
     """Work refused because the server has begun a graceful shutdown; retry on another server."""
 
@@ -180,6 +190,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ConsistencyError",
+    "DeadlineExceededError",
     "DimensionMismatchError",
     "DocumentNotFoundError",
     "FilterError",

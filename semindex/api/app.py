@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..core import Store
-from ..errors import SemindexError, ShuttingDownError
+from ..errors import DeadlineExceededError, SemindexError, ShuttingDownError
+from .deadline import DeadlineMiddleware
 from .metrics import Metrics
 from .middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from .openai_compat import router as openai_router
@@ -44,6 +45,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Invalid input"},
     500: {"model": ErrorBody, "description": "A bug (logged)"},
     503: {"model": ErrorBody, "description": "Storage unavailable, or shutting down"},
+    504: {"model": ErrorBody, "description": "Past the server's --request-timeout; nothing was written"},
 }
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"}
@@ -76,6 +78,12 @@ class WorkGate:
                 self._active -= 1
                 self._cond.notify_all()
 
+    @property
+    def active(self) -> int:
+        """Requests at work in threads now (a 504 answered request winds down here too)."""
+        with self._cond:
+            return self._active
+
     def close(self, timeout: float) -> bool:
         """Refuse new work; wait up to ``timeout`` s for the work in flight. True when none is left."""
         with self._cond:
@@ -104,7 +112,7 @@ def _validation_detail(errors: Any) -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SemindexError)
     async def semindex_error(request: Request, exc: SemindexError) -> JSONResponse:
-        if exc.http_status >= 500:
+        if exc.http_status >= 500 and not isinstance(exc, DeadlineExceededError):  # that one: DeadlineMiddleware
             log.error("%s %s: %s", request.method, request.url.path, exc)
         return _error(exc.http_status, exc.code, str(exc))
 
@@ -141,6 +149,7 @@ def create_app(
     warm_up: bool = True,
     embed_models: Sequence[str] | None = None,
     allow_models: Sequence[str] = (),
+    request_timeout: float | None = None,
 ) -> FastAPI:
     """The semindex HTTP API over ``store``.
 
@@ -152,6 +161,8 @@ def create_app(
     every collection's model, looked up per request).
     ``allow_models``: models (bi-encoders for new collections, cross-encoders for ``rerank``)
     requests may name besides the default model and the collections' own; nothing else is loaded.
+    ``request_timeout``: seconds a request may take before it is answered 504 (None: no limit);
+    a write that has started always finishes, see :mod:`semindex.api.deadline`.
     """
     api_key = api_key or None
 
@@ -201,5 +212,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if api_key is not None:
         app.add_middleware(AuthMiddleware, api_key=api_key)
+    if request_timeout is not None:  # outside auth and the body read: the limit counts from the head
+        app.add_middleware(DeadlineMiddleware, seconds=request_timeout)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
     return app

@@ -9,7 +9,7 @@ shutdown wait for writes in flight.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from .. import __version__
 from ..core import ChunkSpec, Collection, CollectionInfo, Hit, Store
 from ..errors import DocumentNotFoundError, InvalidInputError, ResponseTooLargeError
+from .deadline import Deadline, deadline_of
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
     COLLECTION_NAME,
@@ -47,10 +48,26 @@ def _gated(request: Request) -> Iterator[None]:
     """Run the route inside the app's WorkGate: shutdown waits for it; once shutting down, 503.
 
     ``scope="function"`` ends it when the route returns, before the response is sent, so a
-    slow client cannot hold up a shutdown.
+    slow client cannot hold up a shutdown. A request whose deadline passed while it waited for
+    a worker thread is refused (504) here, before it does anything.
     """
     with request.app.state.gate.enter():
+        deadline = _deadline(request)
+        if deadline is not None:
+            deadline.check()
         yield
+
+
+def _deadline(request: Request) -> Deadline | None:
+    return deadline_of(request.state)
+
+
+def _begin_write(request: Request) -> None:
+    """Right before a route's write: 504 if its deadline has passed (the write is never started);
+    otherwise the write is committed to and finishes however long it takes."""
+    deadline = _deadline(request)
+    if deadline is not None:
+        deadline.begin_write()
 
 
 health_router = APIRouter()
@@ -186,6 +203,7 @@ def create_collection(request: Request, body: CollectionCreate) -> CollectionOut
     _check_model(request, body.model, "model")
     chunking = body.chunking if body.chunking is None or body.chunking is False else ChunkSpec(
         enabled=body.chunking.enabled, size=body.chunking.size, overlap=body.chunking.overlap)
+    _begin_write(request)
     coll = _store(request).create_collection(
         body.name, model=body.model, dimension=body.dimension, metric=body.metric, index=body.index,
         chunking=chunking,
@@ -200,6 +218,7 @@ def get_collection(request: Request, name: CollectionName) -> CollectionOut:
 
 @router.delete("/collections/{name}", response_model=CollectionDeleted, tags=["collections"])
 def delete_collection(request: Request, name: CollectionName) -> CollectionDeleted:
+    _begin_write(request)
     _store(request).delete_collection(name)
     return CollectionDeleted(name=name, deleted=True)
 
@@ -226,8 +245,10 @@ def upsert_documents(
         )
     if isinstance(body, DocumentsUpsert):
         docs = [d.model_dump(exclude_none=True) for d in body.documents]
+        _begin_write(request)
         stats = coll.add(docs, commit_every=len(docs))
     else:
+        _begin_write(request)
         stats = coll.add_embeddings(
             body.ids,
             np.asarray(body.embeddings, dtype=np.float32),
@@ -259,6 +280,7 @@ def get_document(request: Request, name: CollectionName, doc_id: DocId) -> Docum
 @router.delete("/collections/{name}/documents/{doc_id:path}", response_model=DocumentDeleted, tags=["documents"])
 def delete_document(request: Request, name: CollectionName, doc_id: DocId) -> DocumentDeleted:
     coll = _coll(request, name)
+    _begin_write(request)
     if coll.delete(doc_id) == 0:
         raise DocumentNotFoundError(doc_id, name)
     return DocumentDeleted(id=doc_id, deleted=True)
@@ -281,17 +303,53 @@ def search(request: Request, name: CollectionName, body: SearchRequest) -> Searc
     return _hits(hits, body.include_text)
 
 
+MAX_BATCH_HITS = 100_000  # queries x k (x fetch_k with mmr) of one batch search
+SEARCH_SLICE = 32  # queries encoded and searched together; another request's query waits at most one slice
+
+
+def _bound_batch(queries: int, per_query: int) -> None:
+    """422 for a batch whose queries x k exceeds MAX_BATCH_HITS: 1,024 queries x k=1000 once held a
+    worker (and the model) for two minutes. Checked before any work."""
+    if queries * per_query > MAX_BATCH_HITS:
+        raise InvalidInputError(
+            f"the batch asks for {queries} queries x {per_query} hits = {queries * per_query:,}; at most "
+            f"{MAX_BATCH_HITS:,} per request: send fewer queries per request or a smaller k"
+        )
+
+
+def _in_slices(request: Request, n: int, run: Callable[[int, int], list[list[Hit]]]) -> list[list[Hit]]:
+    """``run(start, stop)`` over slices of SEARCH_SLICE queries, checking the deadline between them.
+
+    The model serves one call at a time, so a batch encoded whole made a single query wait for
+    all of it; slice by slice, another request's query takes its turn between two slices. Each
+    query's hits do not depend on the other queries of its batch, so the answer is the same.
+    """
+    deadline = _deadline(request)
+    results: list[list[Hit]] = []
+    for start in range(0, n, SEARCH_SLICE):
+        if deadline is not None and start:
+            deadline.check()  # answered 504 already, or about to be: stop here
+        results.extend(run(start, min(n, start + SEARCH_SLICE)))
+    return results
+
+
 @router.post("/collections/{name}/search/batch", response_model=BatchSearchResponse, tags=["search"])
 def search_batch(request: Request, name: CollectionName, body: BatchSearchRequest) -> BatchSearchResponse:
-    """Many queries in one call (encoded together): one result list per query, in order."""
+    """Many queries in one call: one result list per query, in order. At most 100,000 hits
+    (queries x k) per request; queries are encoded SEARCH_SLICE at a time."""
     coll = _coll(request, name)
     results: list[list[Any]]
     if isinstance(body, VectorBatchSearch):
-        results = coll.search_vectors(np.asarray(body.vectors, dtype=np.float32), body.k, filter=body.filter)
+        _bound_batch(len(body.vectors), body.k)
+        vectors = np.asarray(body.vectors, dtype=np.float32)
+        results = _in_slices(request, len(vectors), lambda a, b: coll.search_vectors(
+            vectors[a:b], body.k, filter=body.filter))
     else:
         _check_model(request, body.rerank, "rerank model")
-        results = coll.search_batch(body.queries, body.k, filter=body.filter, mode=body.mode,
-                                    rerank=body.rerank, fusion=body.fusion, alpha=body.alpha,
-                                    **body.chunk_options())
+        _bound_batch(len(body.queries), max(body.k, body.fetch_k or 0))
+        queries = body.queries
+        results = _in_slices(request, len(queries), lambda a, b: coll.search_batch(
+            queries[a:b], body.k, filter=body.filter, mode=body.mode, rerank=body.rerank, fusion=body.fusion,
+            alpha=body.alpha, **body.chunk_options()))
     _bound_response(results, body.include_text)
     return BatchSearchResponse(results=[_hits(r, body.include_text) for r in results])

@@ -75,6 +75,9 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
                    "first byte of its next request); then it is closed.")
 @click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a request has for its whole body to arrive; then it is answered 408 and closed.")
+@click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1, 86400),
+              help="Seconds a request may take; past it, 504 deadline_exceeded. A write that has started "
+                   "always finishes (and is answered); one that has not is never started.")
 def serve_command(
     store_path: Path,
     db_url: str | None,
@@ -95,6 +98,7 @@ def serve_command(
     timeout_keep_alive: int,
     header_timeout: float,
     body_timeout: float,
+    request_timeout: float,
 ) -> None:
     """Serve the store over HTTP (JSON; docs at /docs, schema at /openapi.json).
 
@@ -134,7 +138,7 @@ def serve_command(
 
             served = [model_info(m, device).name for m in embed_models]  # fail fast on a model that cannot load
         app = create_app(store, api_key=api_key, max_body_bytes=max_body_bytes, close_store=True,
-                         embed_models=served, allow_models=allow_models)
+                         embed_models=served, allow_models=allow_models, request_timeout=request_timeout)
         config = uvicorn.Config(
             app,
             host=host,
