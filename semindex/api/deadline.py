@@ -52,10 +52,6 @@ class Deadline:
         self._cut = False
         self._writing = False
 
-    def expired(self) -> bool:
-        with self._lock:
-            return self._cut or self.clock() >= self.at
-
     def check(self) -> None:
         """DeadlineExceededError once the time is up (and no write has begun: that one finishes)."""
         with self._lock:
