@@ -16,6 +16,7 @@ halves:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -142,4 +143,15 @@ class DeadlineMiddleware:
         _orphans.add(task)
         task.add_done_callback(_forget)
         log.warning("%s %s: %s", scope.get("method"), scope.get("path"), deadline.message())
-        await send_error(send, 504, DeadlineExceededError.code, deadline.message())
+        if str(scope.get("path", "")).startswith("/v1/"):  # the OpenAI-compatible routes answer in OpenAI's shape
+            await _send_openai_504(send, deadline.message())
+        else:
+            await send_error(send, 504, DeadlineExceededError.code, deadline.message())
+
+
+async def _send_openai_504(send: Send, message: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "server_error", "param": None,
+                                 "code": DeadlineExceededError.code}}).encode("utf-8")
+    await send({"type": "http.response.start", "status": 504,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import core
 from ..errors import SemindexError
+from .deadline import deadline_of
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -78,7 +79,8 @@ _ERROR_SCHEMA: dict[str, Any] = {
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"description": d, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-    for s, d in ((400, "Invalid request"), (404, "Model not served"), (503, "Shutting down"))
+    for s, d in ((400, "Invalid request"), (404, "Model not served"), (503, "Shutting down"),
+                 (504, "Past the server's --request-timeout"))
 }
 
 
@@ -230,8 +232,27 @@ def _encode(vec: np.ndarray, fmt: str) -> list[float] | str:
     return vec.astype(np.float64).tolist()  # type: ignore[no-any-return]
 
 
+EMBED_SLICE = 32  # inputs per model call: a search waiting for the same model waits one slice
+
+
+def _embed_in_slices(request: Request, texts: list[str], name: str, device: str | None) -> np.ndarray:
+    """``core.embed`` EMBED_SLICE inputs at a time, checking the request's deadline between slices:
+    2,048 inputs in one call held the model (one call at a time) from every search meanwhile.
+    Each input's vector does not depend on the others of its call."""
+    deadline = deadline_of(request.state)
+    parts = []
+    for start in range(0, len(texts), EMBED_SLICE):
+        if deadline is not None and start:
+            deadline.check()
+        parts.append(core.embed(texts[start : start + EMBED_SLICE], name, device))
+    return np.concatenate(parts) if parts else core.embed(texts, name, device)
+
+
 def _embeddings(request: Request, req: _Parsed) -> dict[str, Any]:
     with request.app.state.gate.enter():
+        deadline = deadline_of(request.state)
+        if deadline is not None:
+            deadline.check()  # it waited for a worker thread past its deadline: do nothing
         name = _resolve(request, req.model)
         device = _device(request)
         info = core.model_info(name, device)
@@ -248,7 +269,7 @@ def _embeddings(request: Request, req: _Parsed) -> dict[str, Any]:
                 texts = core.decode_tokens(req.token_ids or [], name, device)
             except SemindexError as exc:
                 raise _from_semindex(exc, "input") from exc
-        vecs = core.embed(texts, name, device)
+        vecs = _embed_in_slices(request, list(texts), name, device)
         tokens = sum(core.count_tokens(texts, name, device))
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
             for i, v in enumerate(vecs)]

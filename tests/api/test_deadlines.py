@@ -131,6 +131,25 @@ def test_past_the_deadline_is_504_json_and_the_batch_stops(tmp_path: Path, threa
     assert r.status_code == 200, r.text
 
 
+def test_embeddings_are_sliced_and_bounded_in_time(tmp_path: Path, thread_server: Any, slow: _Slow) -> None:
+    store = _slow_store(tmp_path / "s")
+    srv = thread_server(store, request_timeout=1.0)
+    gate = srv.server.config.app.state.gate
+    texts = QUERIES[:70]
+    r = httpx.post(f"{srv.base}/v1/embeddings", json={"model": MODEL, "input": texts}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = np.asarray([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    assert np.allclose(got, semindex.embed(texts, MODEL), atol=1e-6)  # sliced, the same vectors
+    slow.delay = 0.5
+    slow.calls.clear()
+    r = httpx.post(f"{srv.base}/v1/embeddings", json={"model": MODEL, "input": QUERIES}, timeout=120)
+    assert r.status_code == 504, r.text
+    err = r.json()["error"]  # in OpenAI's shape, like every /v1 error
+    assert err["code"] == "deadline_exceeded" and err["type"] == "server_error", err
+    _wait_until(lambda: gate.active == 0, "the abandoned embeddings stop")
+    assert len(slow.calls) < SLICES, slow.calls
+
+
 def test_batch_work_is_bounded(tmp_path: Path, thread_server: Any) -> None:
     store = semindex.Store(tmp_path / "s")
     store.create_collection("v", dimension=4)
