@@ -94,6 +94,7 @@ def test_a_single_query_overtakes_a_long_batch(tmp_path: Path, thread_server: An
     slow.delay = 0.5  # the batch: SLICES calls of SEARCH_SLICE queries, 5 s of model time
     slow.calls.clear()
     with ThreadPoolExecutor(1) as pool:
+        tb = time.monotonic()
         batch = pool.submit(httpx.post, f"{srv.base}/collections/c/search/batch",
                             json={"queries": QUERIES, "k": 3}, timeout=120)
         assert slow.batch_started.wait(60)
@@ -104,11 +105,11 @@ def test_a_single_query_overtakes_a_long_batch(tmp_path: Path, thread_server: An
         assert r.status_code == 200 and r.json()["hits"], r.text
         assert not batch.done() and slices_done <= SLICES // 2, (slices_done, slow.calls)
         batch_r = batch.result()
-    batch_s = time.monotonic() - t0 + single_s  # at least the batch's time from when it started
+        batch_s = time.monotonic() - tb
     assert batch_r.status_code == 200, batch_r.text
     assert [[h["id"] for h in res["hits"]] for res in batch_r.json()["results"]] == expected  # slicing changes nothing
     assert sorted(n for n in slow.calls if n > 1) == [SEARCH_SLICE] * SLICES
-    assert single_s < batch_s / 3, (single_s, batch_s)
+    assert single_s < batch_s / 2, (single_s, batch_s)  # about one slice (0.5 s) against ten
 
 
 def test_past_the_deadline_is_504_json_and_the_batch_stops(tmp_path: Path, thread_server: Any, slow: _Slow) -> None:
