@@ -27,11 +27,12 @@ Everything here works on an :class:`EmbeddingSource` (the store's SQL rows, or a
 array in the benchmark), so the benchmark measures exactly the code the store runs:
 
 1. training sample: 40 points per IVF cell (faiss asks 39..256), at least 10k for PQ;
-2. one streamed pass that adds every vector and, in the same pass, computes the exact
-   top-11 of 200 query vectors drawn from the stored vectors (their own id is dropped,
-   so each query is a held-out point);
-3. tuning: the smallest nprobe / efSearch (and for PQ the smallest rescoring factor)
-   whose recall@10 against that exact answer reaches the target (default 0.95).
+2. one streamed pass that adds every vector and computes, in the same pass, the exact
+   top-11 of 400 query vectors: 200 stored vectors, and the same moved off themselves by
+   noise (:func:`query_like`), their own id dropped; recall is the worse of the two kinds;
+3. tuning: the smallest nprobe / efSearch (and for PQ, SQ8 and binary the smallest
+   rescoring factor) whose recall@10 against that exact answer reaches the target
+   (default 0.95) plus a margin (TUNE_MARGIN), so real queries get the target.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ TOMBSTONE_REBUILD = 0.20
 IVF_REGROW = 4.0  # retrain an IVF when the collection is this many times what it was trained for
 TUNE_QUERIES = 200
 TUNE_K = 10
+TUNE_PERTURB = 0.75  # see query_like
+# tuning aims this much above the target: query_like's queries are still easier than real ones
+# (SciFact's real queries, target 0.95: tuned exactly to it, IVF gave 0.916 and binary 0.933;
+# with the margin every type gives >= 0.954, benchmarks/ann.py --real-scifact)
+TUNE_MARGIN = 0.02
 DEFAULT_TARGET_RECALL = 0.95
 RANK = {"flat": 0, "hnsw": 1, "ivf": 2, "sq8": 3, "binary": 4, "ivfpq": 5}
 # indexes whose quantizer is learnt from the first vectors they see (IVF cells, SQ8 ranges,
@@ -202,9 +208,13 @@ class ArraySource:
 class GroundTruth:
     """Exact top-(k+1) of a few queries, accumulated batch by batch during the build pass."""
 
-    def __init__(self, query_ids: np.ndarray, queries: np.ndarray, metric: str, k: int = TUNE_K) -> None:
+    def __init__(self, query_ids: np.ndarray, queries: np.ndarray, metric: str, k: int = TUNE_K,
+                 groups: np.ndarray | None = None) -> None:
         self.query_ids = np.asarray(query_ids, dtype=np.int64)
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        # kinds of query (stored as-is, query_like...): recall is the worst kind's, so tuning
+        # cannot trade one kind's recall for another's
+        self.groups = np.zeros(len(self.queries), dtype=np.int64) if groups is None else np.asarray(groups)
         self.metric = metric
         self.k = k
         self._best = exact.TopK(len(queries), k + 1)  # k+1: a stored query finds itself first
@@ -225,19 +235,42 @@ class GroundTruth:
         return out
 
 
+def query_like(vectors: np.ndarray, rng: np.random.Generator, perturb: float | None = None) -> np.ndarray:
+    """Stored vectors moved off themselves, to tune on queries that look like real ones.
+
+    A real query is not a stored document: its nearest neighbour sits at a cosine of ~0.6-0.8
+    (short questions against abstracts), where an index's candidate lists are least certain,
+    while a stored vector used as a query finds itself at 1.0 and its neighbourhood is the
+    densest part of the space. Tuning on the latter promised recall that real queries did not
+    get (SciFact: IVF tuned 0.953, real 0.916; binary 0.979 vs 0.933). Each vector gets
+    Gaussian noise of ``perturb`` times its own norm (cosine to the original ~1/sqrt(1+p^2)),
+    then its original norm back, so dot and l2 collections see the same scale."""
+    p = TUNE_PERTURB if perturb is None else float(perturb)
+    if p <= 0 or not len(vectors):
+        return vectors
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    noise = rng.standard_normal(vectors.shape).astype(np.float32)
+    noise *= p * norms / np.maximum(np.linalg.norm(noise, axis=1, keepdims=True), 1e-12)
+    moved = vectors + noise
+    moved *= norms / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(moved, dtype=np.float32)
+
+
 def recall_at_k(index: VectorIndex, gt: GroundTruth, params: Mapping[str, Any] | None = None) -> float:
     truth = gt.truth()
     if not truth:
         return 1.0
     _, lab = index.search(gt.queries, gt.k + 1, params=params)
-    hit = total = 0
+    hit: dict[int, int] = {}
+    total: dict[int, int] = {}
     for qi, t in enumerate(truth):
         if not t:
             continue
         got = [int(i) for i in lab[qi] if i >= 0 and i != gt.query_ids[qi]][: gt.k]
-        hit += len(t.intersection(got))
-        total += len(t)
-    return hit / total if total else 1.0
+        g = int(gt.groups[qi])
+        hit[g] = hit.get(g, 0) + len(t.intersection(got))
+        total[g] = total.get(g, 0) + len(t)
+    return min((hit[g] / total[g] for g in total), default=1.0)
 
 
 def _ladder(limit: int) -> list[int]:
@@ -277,11 +310,14 @@ def _smallest(values: list[int], ok: Callable[[int], float], target: float) -> t
 
 
 def tune(index: VectorIndex, gt: GroundTruth, target: float = DEFAULT_TARGET_RECALL) -> dict[str, Any]:
-    """Set index.params to the cheapest settings reaching ``target`` recall@10; returns a summary."""
+    """Set index.params to the cheapest settings reaching ``target`` recall@10 (plus
+    TUNE_MARGIN, on query-like vectors: see :func:`query_like`); returns a summary."""
     knobs = index.tunable()
     if not knobs or not len(gt.queries):
         return {}
     start = time.perf_counter()
+    user_target = target
+    target = max(target, min(target + TUNE_MARGIN, 0.995))
     found = True
     if "efSearch" in knobs:
         ef, rec, found = _smallest([16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
@@ -307,10 +343,10 @@ def tune(index: VectorIndex, gt: GroundTruth, target: float = DEFAULT_TARGET_REC
     else:
         return {}
     index.params["recall@10"] = round(float(rec), 4)
-    index.params["target_recall"] = target
-    if not found:
+    index.params["target_recall"] = user_target
+    if not found and rec < user_target:
         log.warning("index %s reaches only recall@10 %.3f < target %.2f at its most thorough settings",
-                    index.spec, rec, target)
+                    index.spec, rec, user_target)
     return {"recall@10": rec, "reached": found, "tune_seconds": time.perf_counter() - start}
 
 
@@ -363,6 +399,7 @@ def build_from_source(
     device: str | None = None,
     refine_source: Callable[[np.ndarray], np.ndarray] | None = None,
     on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    perturb: float | None = None,
 ) -> tuple[VectorIndex, BuildReport]:
     """Build ``spec`` (or resolve ``auto``) from every vector of ``source``: train, add, tune."""
     start = time.perf_counter()
@@ -411,7 +448,9 @@ def build_from_source(
     if tunable and all_ids is not None:
         nq = min(TUNE_QUERIES, len(all_ids))
         qids = np.sort(rng.choice(all_ids, size=nq, replace=False))
-        gt = GroundTruth(qids, as_vectors(source.fetch(qids), dimension), metric)
+        stored = as_vectors(source.fetch(qids), dimension)
+        gt = GroundTruth(np.concatenate([qids, qids]), np.concatenate([stored, query_like(stored, rng, perturb)]),
+                         metric, groups=np.repeat([0, 1], len(qids)))
     t = time.perf_counter()
     for ids, vecs in source.iter_batches():
         index.add(ids, vecs)
