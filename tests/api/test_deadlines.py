@@ -70,7 +70,11 @@ class SlowEncoder(HashEncoder):
 def slow() -> Iterator[_Slow]:
     SlowEncoder.state = _Slow()
     semindex.register_encoder("slowtest", lambda name, device: SlowEncoder(name), replace=True)
+    # every query must reach the model: the query-embedding cache would answer repeats instantly
+    size = semindex.query_cache_stats().max_entries
+    semindex.configure_query_cache(0)
     yield SlowEncoder.state
+    semindex.configure_query_cache(size)
     semindex.unregister_encoder("slowtest")
 
 
