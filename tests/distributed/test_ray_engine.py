@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from tests.support import REPO, SAMPLE
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a Ray cluster in a namespace: minutes, not the fast lane
 
 QUERIES = ["topic 3 and 5", "document about topic 1", "changed text", "alpha beta", "topic 6 and 10"]
 

@@ -48,6 +48,7 @@ def torch_vectors(model: str, texts: list[str]) -> np.ndarray:
     return encoder_mod.get_encoder(model, "cpu", backend="torch").encode(texts)
 
 
+@pytest.mark.slow  # exports a model (torch.onnx.export, OpenVINO conversion): tens of seconds
 @pytest.mark.parametrize("backend", EXPORTED)
 def test_fp32_vectors_match_torch(tiny_bert: Path, backend: str) -> None:
     enc = encoder_mod.get_encoder(str(tiny_bert), "cpu", backend=backend, precision="fp32")
@@ -59,6 +60,7 @@ def test_fp32_vectors_match_torch(tiny_bert: Path, backend: str) -> None:
     assert np.allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), got[:3], atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_ort
 def test_onnx_int8_close_to_torch(tiny_bert: Path) -> None:
     enc = encoder_mod.get_encoder(str(tiny_bert), "cpu", backend="onnx", precision="int8")

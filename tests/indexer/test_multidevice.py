@@ -59,6 +59,7 @@ def _corpus(path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # two worker processes each loading the real model
 def test_devices_cpu_cpu_matches_single_device_real_model(tmp_path: Path) -> None:
     one = run_cli("index", str(SAMPLE), "--store", str(tmp_path / "one"), check=True)
     two = run_cli("index", str(SAMPLE), "--store", str(tmp_path / "two"), "--devices", "cpu,cpu", check=True)
@@ -68,6 +69,7 @@ def test_devices_cpu_cpu_matches_single_device_real_model(tmp_path: Path) -> Non
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.slow  # worker processes per device: ~30 s even with the hashing encoder
 def test_devices_with_fast_encoder_and_rerun_is_unchanged(tmp_path: Path) -> None:
     src = _corpus(tmp_path / "c.jsonl", 1500)
     one = run_cli("index", str(src), "--store", str(tmp_path / "one"), "--model", "hash", "--commit-every", "200",
