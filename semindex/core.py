@@ -30,6 +30,7 @@ from .errors import (
     ModelUnavailableError,
     ReadError,
     SemindexError,
+    TruncationError,
 )
 from .indexer import backends
 from .indexer.backends import set_threads as set_model_threads
@@ -39,6 +40,7 @@ from .indexer.encoder import Encoder, SentenceTransformerEncoder, canonical_mode
 from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
 from .indexer.readers import Record, detect_format, estimate_total, iter_records
 from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --engine ray (issue 12)
+from .indexer.truncated import check_truncation, truncated
 from .indexer.vector_files import VectorFile, load_query_vectors, open_vector_file
 from .search.evaluate import QUERY_BATCH, EvalResult, evaluate
 from .search.hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS
@@ -150,6 +152,7 @@ class CollectionInfo:
     precision: str | None = None  # fp32, bf16 or int8; vectors of another precision are refused
     chunks: int = 0  # chunks (= vectors) held: more than ``count`` when long documents were split
     chunking: dict[str, Any] | None = None  # {"enabled", "size", "overlap"}; None for vectors-only collections
+    truncate_dim: int | None = None  # Matryoshka: vectors are the model's first N dims (= dimension); None: full
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -202,8 +205,13 @@ class Store:
         backend: str | None = None,
         precision: str | None = None,
         chunking: ChunkSpec | bool | None = None,
+        dimensions: int | None = None,
+        allow_truncation: bool = False,
     ) -> Collection:
         """Open ``name``, creating it with ``model`` if missing (and ``create``).
+
+        ``dimensions`` (Matryoshka truncation, see :meth:`create_collection`): a new collection
+        records it; opening an existing one with another value is a TruncationError (a ConfigError).
 
         ``chunking`` (for a new collection): documents longer than the model's window are
         split into chunks that fit (the default: nothing past the window is lost); ``False``
@@ -225,11 +233,13 @@ class Store:
                 raise CollectionNotFoundError(name)
             try:
                 return self.create_collection(name, model=model, metric=metric, index=index, dimension=dimension,
-                                              backend=backend, precision=precision, chunking=chunking)
+                                              backend=backend, precision=precision, chunking=chunking,
+                                              dimensions=dimensions, allow_truncation=allow_truncation)
             except CollectionExistsError:
                 # another process created it between our look-up and our insert: open theirs
                 return self.collection(name, model=model, create=False, metric=metric, index=index,
-                                       dimension=dimension, backend=backend, precision=precision)
+                                       dimension=dimension, backend=backend, precision=precision,
+                                       dimensions=dimensions)
         if model is not None and record.model is not None and canonical_model_name(model) != record.model:
             raise ModelMismatchError(
                 f"collection {name!r} was built with model {record.model!r}; "
@@ -242,6 +252,13 @@ class Store:
         if dimension is not None and dimension != record.dimension:
             raise DimensionMismatchError(
                 f"collection {name!r} has dimension {record.dimension}, not {dimension}"
+            )
+        if dimensions is not None and dimensions != record.config.get("truncate_dim"):
+            held = (f"{record.dimension}-d vectors (its model's first {record.dimension} dims)"
+                    if record.config.get("truncate_dim") else f"its model's full {record.dimension}-d vectors")
+            raise TruncationError(
+                f"collection {name!r} holds {held}; it cannot take {dimensions}-d ones: vectors of "
+                "different sizes never mix (create another collection, or omit dimensions)"
             )
         coll = self._wrap(name)
         if record.model is not None and (backend is not None or precision is not None):
@@ -260,25 +277,42 @@ class Store:
         backend: str | None = None,
         precision: str | None = None,
         chunking: ChunkSpec | bool | None = None,
+        dimensions: int | None = None,
+        allow_truncation: bool = False,
     ) -> Collection:
         """Create a collection. ``vectors_only`` (or a ``dimension`` without a model) is for bring-your-own vectors.
 
         ``backend`` / ``precision``: how its model runs (see :meth:`collection`); recorded with it.
+
+        ``dimensions=N`` (Matryoshka truncation): every vector of the collection (documents,
+        queries, chunks, re-embeddings) is the model's first N dims, re-normalised, so the
+        index is N/D the size. Only for models trained for it (MatryoshkaLoss in the model card,
+        or a ``semindex.json`` marker; see :mod:`semindex.indexer.truncated`), and N one of the
+        sizes the card lists; ``allow_truncation=True`` skips those checks (1 <= N < D still
+        holds). Otherwise a TruncationError (a ConfigError), before anything is created.
         """
         config: dict[str, Any] = {}
         if vectors_only or (dimension is not None and model is None):
             if dimension is None:
                 raise ConfigError("a vectors-only collection needs a dimension")
+            if dimensions is not None:
+                raise TruncationError("dimensions (Matryoshka truncation) needs a model; "
+                                      "a vectors-only collection takes its vectors as they are")
             model_name, dim, normalize = None, int(dimension), metric == "cosine"
         else:
             enc = get_encoder(model, self.device, backend=backend, precision=precision)
+            if dimensions is not None:
+                check_truncation(enc, dimensions, allow_truncation=allow_truncation)
+            if hasattr(enc, "precision") or isinstance(enc, SentenceTransformerEncoder):
+                config = {"backend": getattr(enc, "backend", "torch"), "precision": getattr(enc, "precision", "fp32")}
+            if dimensions is not None:
+                config["truncate_dim"] = int(dimensions)
+                enc = truncated(enc, int(dimensions))
             if dimension is not None and dimension != enc.dimension:
                 raise DimensionMismatchError(
                     f"model {enc.name!r} produces {enc.dimension}-d vectors, not {dimension}"
                 )
             model_name, dim, normalize = enc.name, enc.dimension, metric == "cosine"
-            if hasattr(enc, "precision") or isinstance(enc, SentenceTransformerEncoder):
-                config = {"backend": getattr(enc, "backend", "torch"), "precision": getattr(enc, "precision", "fp32")}
             spec = chunking if isinstance(chunking, ChunkSpec) else ChunkSpec(enabled=chunking is not False)
             chunker_for(enc, spec)  # a size or overlap the model cannot take fails before anything is created
             config["chunking"] = spec.as_config()
@@ -475,6 +509,7 @@ class Collection:
             precision=self.precision,
             chunks=self.storage.chunk_count(),
             chunking=self.chunking.as_config() if self.model is not None else None,
+            truncate_dim=self.truncate_dim,
         )
 
     @property
@@ -491,9 +526,16 @@ class Collection:
             )
         backend, precision = backends.for_collection(self.name, self.record.config, self._backend, self._precision)
         try:
-            return get_encoder(self.model, self.store.device, backend=backend, precision=precision)
+            enc = get_encoder(self.model, self.store.device, backend=backend, precision=precision)
         except ConfigError as exc:  # its model was there when it was built: a server-side problem
             raise ModelUnavailableError(f"collection {self.name!r}: its model cannot be loaded ({exc})") from exc
+        return truncated(enc, self.truncate_dim)  # every encode for it has the collection's size
+
+    @property
+    def truncate_dim(self) -> int | None:
+        """Matryoshka truncation: its vectors are the model's first N dims (None: the full vectors)."""
+        value = self.record.config.get("truncate_dim")
+        return int(value) if value is not None else None
 
     @property
     def chunking(self) -> ChunkSpec:

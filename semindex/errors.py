@@ -22,6 +22,7 @@ SemindexError is a bug and is allowed to surface as one.
     │   └── ModelMismatchError     a collection opened with another model than it was built with
     ├── ConfigError                options that cannot work together, missing extras
     │   ├── IndexSpecError         an index spec that can never work or needs unbounded memory (422)
+    │   ├── TruncationError        --dimensions for a model not trained for it, or unlike the collection's (422)
     │   └── ModelUnavailableError  a collection's model cannot be loaded on this server (503)
     ├── DeadlineExceededError      a request past the server's time limit (504)
     └── StorageError               the store itself (disk full, unreadable index, drift) (500/503)
@@ -147,6 +148,15 @@ class IndexSpecError(ConfigError):
     http_status = 422
 
 
+class TruncationError(ConfigError):
+    """A ``dimensions`` (Matryoshka truncation) that cannot be honoured: the model was not trained
+    for truncation, N is out of range, or an existing collection holds vectors of another size.
+    Refused before anything is stored, so vectors of different sizes never mix."""
+
+    code = "truncation_unsupported"
+    http_status = 422
+
+
 class StorageError(SemindexError):
     code = "storage_error"
     http_status = 503
@@ -206,4 +216,5 @@ __all__ = [
     "SemindexError",
     "ShuttingDownError",
     "StorageError",
+    "TruncationError",
 ]

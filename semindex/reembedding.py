@@ -70,8 +70,15 @@ def reembed(
     into: str | None = None,
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
+    dimensions: int | None = None,
+    allow_truncation: bool = False,
 ) -> ReembedResult:
-    """Re-encode ``collection`` with ``model`` into ``into`` (new), or in place when ``into`` is None."""
+    """Re-encode ``collection`` with ``model`` into ``into`` (new), or in place when ``into`` is None.
+
+    ``dimensions`` / ``allow_truncation``: Matryoshka truncation of the new vectors (see
+    :meth:`semindex.Store.create_collection`); None gives the new model's full vectors, whatever
+    the source held, since a truncation belongs to the model it was checked against.
+    """
     t0 = time.perf_counter()
     src = store.get_collection(collection)
     if src.model is None:
@@ -85,7 +92,8 @@ def reembed(
         raise CollectionExistsError(target)
     if into is None and target in store.collection_names():
         store.delete_collection(target)  # what an interrupted in-place reembed left behind
-    dst = store.create_collection(target, model=model, metric=src.metric, index=src.record.index_spec)
+    dst = store.create_collection(target, model=model, metric=src.metric, index=src.record.index_spec,
+                                  dimensions=dimensions, allow_truncation=allow_truncation)
     try:
         n = copy_reencoded(src, dst, batch_size=batch_size, progress=progress)
         dst.checkpoint()

@@ -206,7 +206,7 @@ def create_collection(request: Request, body: CollectionCreate) -> CollectionOut
     _begin_write(request)
     coll = _store(request).create_collection(
         body.name, model=body.model, dimension=body.dimension, metric=body.metric, index=body.index,
-        chunking=chunking,
+        chunking=chunking, dimensions=body.dimensions, allow_truncation=body.allow_truncation,
     )
     return _info(coll.info())
 

@@ -109,6 +109,17 @@ class CollectionCreate(_Model):
         description="Long documents: split into chunks by default; false truncates them at the model's window "
         "(a size above the window answers 400).",
     )
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="Matryoshka truncation: keep the model's first N dims of every vector (re-normalised). Only "
+        "for models trained for it (MatryoshkaLoss in the model card, at one of its trained sizes); else 422.",
+    )
+    allow_truncation: bool = Field(
+        default=False,
+        description="Truncate to `dimensions` even if the model does not declare Matryoshka training.",
+    )
 
 
 class CollectionOut(BaseModel):
@@ -132,6 +143,10 @@ class CollectionOut(BaseModel):
     chunks: int = Field(description="Chunks (vectors) held: more than count when long documents were split.")
     chunking: dict[str, Any] | None = Field(
         description="How long documents are split: {enabled, size, overlap} in tokens; null for vectors-only."
+    )
+    truncate_dim: int | None = Field(
+        description="Matryoshka truncation: its vectors are the model's first N dims, re-normalised (N = "
+        "dimension); null: the model's full vectors.",
     )
 
 

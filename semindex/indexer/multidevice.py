@@ -181,5 +181,9 @@ def ingest_on_devices(
         raise InvalidInputError(
             f"collection {coll.name!r} holds precomputed vectors: add and search with vectors"
         )
+    from .truncated import truncated
+
     with MultiDeviceEncoder(coll.model, devices) as enc:
-        return ingest(records, coll.storage, enc, normalize=coll.record.normalize, **kwargs)
+        # a Matryoshka collection's vectors are its model's first N dims, whichever process encodes them
+        return ingest(records, coll.storage, truncated(enc, coll.record.config.get("truncate_dim")),
+                      normalize=coll.record.normalize, **kwargs)

@@ -663,6 +663,10 @@ def ray_index(
 
     if coll.model is None:
         raise ConfigError(f"collection {coll.name!r} holds precomputed vectors: use import-vectors")
+    if coll.record.config.get("truncate_dim"):  # the actors encode with the bare model: full-size vectors
+        raise ConfigError(f"collection {coll.name!r} keeps its model's first {coll.record.config['truncate_dim']} "
+                          "dims (--dimensions); --engine ray does not truncate yet: index it with the local "
+                          "engine (optionally --devices)")
     if on_error not in ("fail", "skip"):
         raise ConfigError(f"on_error must be fail or skip, got {on_error!r}")
     reader = dict(reader or {})
