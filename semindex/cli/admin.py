@@ -31,7 +31,7 @@ def info_command(store_path: Path, db_url: str | None, collection: str, as_json:
     for i in infos:
         click.echo(
             f"{i.name}: {i.count} documents, {i.chunks} chunks{_chunking(i.chunking)}, "
-            f"model {i.model or '(vectors only)'}, dimension {i.dimension}, "
+            f"model {i.model or '(vectors only)'}, dimension {i.dimension}{_truncation(i.truncate_dim)}, "
             f"metric {i.metric}, index {i.index_type} ({_human(i.index_bytes)} in memory), "
             f"{_human(i.bytes_on_disk)} on disk"
         )
@@ -40,6 +40,11 @@ def info_command(store_path: Path, db_url: str | None, collection: str, as_json:
             f"  index: {policy}{params_suffix(i.index_params)}, {i.bytes_per_vector:.0f} bytes/vector, "
             f"{_human(i.index_bytes)} total, search on {i.index_device}"
         )
+
+
+def _truncation(n: int | None) -> str:
+    """' (Matryoshka: the model's first N dims)' for a truncated collection, else nothing."""
+    return f" (Matryoshka: the model's first {n} dims)" if n else ""
 
 
 def _chunking(cfg: dict[str, object] | None) -> str:

@@ -120,9 +120,13 @@ def finetune_command(
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--dimensions", default=None, type=click.IntRange(1, 65536), metavar="N",
+              help="Keep the new model's first N dims (Matryoshka truncation; see `semindex index --dimensions`).")
+@click.option("--force-dimensions", is_flag=True,
+              help="With --dimensions: truncate even a model that does not declare Matryoshka training.")
 def reembed_command(
     store_path: Path, db_url: str | None, collection: str, model: str, into: str | None, device: str | None,
-    batch_size: int, as_json: bool,
+    batch_size: int, as_json: bool, dimensions: int | None = None, force_dimensions: bool = False,
 ) -> None:
     """Re-encode a collection's stored texts with another model (ids, titles, metadata kept).
 
@@ -143,7 +147,8 @@ def reembed_command(
         total = store.get_collection(collection).count()
         progress_cm, advance = progress_bar(total, "re-embedding", rate_unit="docs")
         with progress_cm:
-            res = reembed(store, collection, model, into=into, batch_size=batch_size, progress=advance)
+            res = reembed(store, collection, model, into=into, batch_size=batch_size, progress=advance,
+                          dimensions=dimensions, allow_truncation=force_dimensions)
     finally:
         store.close()
     if as_json:

@@ -103,6 +103,13 @@ def open_collection(store: Store, name: str, spec: ChunkSpec | None, **opts: obj
               help="New collection: tokens shared by consecutive chunks (default: 1/8 of the size).")
 @click.option("--no-chunking", is_flag=True,
               help="New collection: one vector per document, truncated at the model's window (the summary counts them).")
+@click.option("--dimensions", default=None, type=click.IntRange(1, 65536), metavar="N",
+              help="New collection: keep the model's first N dims of every vector (Matryoshka truncation, "
+                   "re-normalised). Refused unless the model is trained for it (MatryoshkaLoss in its card, "
+                   "N one of its trained sizes). An existing collection must have been made with the same N.")
+@click.option("--force-dimensions", is_flag=True,
+              help="With --dimensions: truncate even a model that does not declare Matryoshka training "
+                   "(its first N dims may retrieve far worse; measure with semindex eval).")
 @backend_options
 def index_command(
     sources: tuple[Path, ...],
@@ -128,6 +135,8 @@ def index_command(
     chunk_tokens: int | None = None,
     chunk_overlap: int | None = None,
     no_chunking: bool = False,
+    dimensions: int | None = None,
+    force_dimensions: bool = False,
     backend: str | None = None,
     precision: str | None = None,
     torch_threads: int | None = None,
@@ -146,6 +155,10 @@ def index_command(
     from ..core import IngestStats, detect_format, estimate_total, iter_records
 
     spec = chunk_spec(chunk_tokens, chunk_overlap, no_chunking)
+    if force_dimensions and dimensions is None:
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError("--force-dimensions needs --dimensions N")
     for src in sources:
         detect_format(src)  # reject a missing or unknown source before any work
     total = estimate_total(list(sources))
@@ -160,7 +173,8 @@ def index_command(
     apply_threads(torch_threads)
     store = open_store(store_path, db_url, must_exist=False, device=device)
     try:
-        coll = open_collection(store, collection, spec, model=model, backend=backend, precision=precision)
+        coll = open_collection(store, collection, spec, model=model, backend=backend, precision=precision,
+                               dimensions=dimensions, allow_truncation=force_dimensions)
         truncating = not coll.chunking.enabled
         progress_cm, advance = progress_bar(total, "indexing", rate_unit="docs")
         with progress_cm:
