@@ -836,14 +836,35 @@ def embed(
     *,
     batch_size: int = 32,
     normalize: bool = True,
+    dimensions: int | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` with ``model`` (default: all-MiniLM-L6-v2) as float32 ``(n, dim)``.
 
     A single string gives one ``(dim,)`` vector. The model is loaded once per process
     and shared with every Store and Collection (and the server), so calling this in a
     loop costs no reloading. Rows are L2-normalised unless ``normalize=False``.
+    ``dimensions=N`` gives the first N dims (re-normalised) of a Matryoshka-trained model,
+    as a collection made with ``dimensions=N`` stores them; the model's own size is the
+    full vector; anything else is a TruncationError (see :meth:`Store.create_collection`).
     """
-    return _embed_with(get_encoder(model, device), texts, batch_size=batch_size, normalize=normalize)
+    return _embed_with(_embed_encoder(model, device, dimensions), texts, batch_size=batch_size,
+                       normalize=normalize)
+
+
+def check_dimensions(model: str | None, dimensions: int, device: str | None = None) -> None:
+    """Raise TruncationError unless ``embed(..., model, dimensions=dimensions)`` can answer.
+
+    For callers that must refuse a request before doing any work (the OpenAI-compatible endpoint).
+    """
+    _embed_encoder(model, device, dimensions)
+
+
+def _embed_encoder(model: str | None, device: str | None, dimensions: int | None) -> Encoder:
+    enc = get_encoder(model, device)
+    if dimensions is None or dimensions == enc.dimension:
+        return enc
+    check_truncation(enc, dimensions)
+    return truncated(enc, dimensions)
 
 
 def _embed_with(enc: Encoder, texts: str | Sequence[str], *, batch_size: int, normalize: bool) -> np.ndarray:

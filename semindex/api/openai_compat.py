@@ -59,7 +59,8 @@ _REQUEST_SCHEMA: dict[str, Any] = {
             ],
         },
         "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
-        "dimensions": {"type": "integer", "minimum": 1, "description": "Must equal the model's dimension."},
+        "dimensions": {"type": "integer", "minimum": 1, "description": "The model's dimension, or (for a "
+                       "Matryoshka-trained model) one of the sizes it was trained to be cut to."},
         "user": {"type": "string", "description": "Accepted and ignored."},
     },
 }
@@ -235,7 +236,8 @@ def _encode(vec: np.ndarray, fmt: str) -> list[float] | str:
 EMBED_SLICE = 32  # inputs per model call: a search waiting for the same model waits one slice
 
 
-def _embed_in_slices(request: Request, texts: list[str], name: str, device: str | None) -> np.ndarray:
+def _embed_in_slices(request: Request, texts: list[str], name: str, device: str | None,
+                     dimensions: int | None = None) -> np.ndarray:
     """``core.embed`` EMBED_SLICE inputs at a time, checking the request's deadline between slices:
     2,048 inputs in one call held the model (one call at a time) from every search meanwhile.
     Each input's vector does not depend on the others of its call."""
@@ -244,8 +246,8 @@ def _embed_in_slices(request: Request, texts: list[str], name: str, device: str 
     for start in range(0, len(texts), EMBED_SLICE):
         if deadline is not None and start:
             deadline.check()
-        parts.append(core.embed(texts[start : start + EMBED_SLICE], name, device))
-    return np.concatenate(parts) if parts else core.embed(texts, name, device)
+        parts.append(core.embed(texts[start : start + EMBED_SLICE], name, device, dimensions=dimensions))
+    return np.concatenate(parts) if parts else core.embed(texts, name, device, dimensions=dimensions)
 
 
 def _embeddings(request: Request, req: _Parsed) -> dict[str, Any]:
@@ -256,20 +258,24 @@ def _embeddings(request: Request, req: _Parsed) -> dict[str, Any]:
         name = _resolve(request, req.model)
         device = _device(request)
         info = core.model_info(name, device)
-        if req.dimensions is not None and req.dimensions != info.dimension:
-            raise OpenAIError(
-                400,
-                f"model '{name}' produces {info.dimension}-dimensional embeddings and cannot shorten them; "
-                f"omit 'dimensions' or pass {info.dimension}",
-                param="dimensions",
-            )
+        dims = req.dimensions if req.dimensions is not None and req.dimensions != info.dimension else None
+        if dims is not None:  # a Matryoshka-trained model may give its first N dims; any other refuses
+            try:
+                core.check_dimensions(name, dims, device)
+            except SemindexError as exc:
+                raise OpenAIError(
+                    400,
+                    f"model '{name}' produces {info.dimension}-dimensional embeddings and cannot shorten them "
+                    f"to {dims}; omit 'dimensions' or pass {info.dimension} ({exc})",
+                    param="dimensions",
+                ) from exc
         texts = req.texts
         if texts is None:
             try:
                 texts = core.decode_tokens(req.token_ids or [], name, device)
             except SemindexError as exc:
                 raise _from_semindex(exc, "input") from exc
-        vecs = _embed_in_slices(request, list(texts), name, device)
+        vecs = _embed_in_slices(request, list(texts), name, device, dims)
         tokens = sum(core.count_tokens(texts, name, device))
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
             for i, v in enumerate(vecs)]
@@ -294,7 +300,8 @@ async def create_embeddings(request: Request) -> Response:
     """Embed ``input`` with a served ``model``; ``usage.prompt_tokens`` counts the tokens the model read.
 
     Token-id inputs must be ids of the model's own tokenizer (decoded with it); ``dimensions``
-    is accepted only when it equals the model's dimension (no model here is trained to be cut).
+    is the model's dimension, or for a Matryoshka-trained model one of its trained sizes (its
+    first N dims, re-normalised: what a collection made with ``dimensions=N`` stores).
     """
     try:
         req = _parse(await request.body())

@@ -62,3 +62,26 @@ def test_refusals_are_422_json(base: str) -> None:
     assert forced.status_code == 201 and forced.json()["dimension"] == 24
     names = [c["name"] for c in httpx.get(f"{base}/collections", timeout=30).json()["collections"]]
     assert names == ["f"]
+
+
+def test_openai_embeddings_dimensions(tmp_path: Path, encoder: Any, thread_server: Any) -> None:
+    """/v1/embeddings: ``dimensions`` cuts a Matryoshka model's vectors as a collection would; others 400."""
+    import semindex
+
+    with matryoshka_encoder() as model, semindex.Store(tmp_path / "store") as store:
+        base = thread_server(store, embed_models=[model, "hash:384"]).base
+        body = {"model": model, "input": ["sourdough bread", "black holes"], "encoding_format": "float"}
+        r = post(base, "/v1/embeddings", {**body, "dimensions": 16})
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+        want = semindex.embed(["sourdough bread", "black holes"], model, dimensions=16)
+        assert got.shape == (2, 16) and np.allclose(got, want, atol=1e-6)
+        assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+        coll = store.create_collection("m", model=model, dimensions=16)  # the same vectors a collection stores
+        assert np.allclose(coll.embed(["sourdough bread", "black holes"]), got, atol=1e-6)
+        assert len(post(base, "/v1/embeddings", {**body, "dimensions": 64}).json()["data"][0]["embedding"]) == 64
+        for bad_body in ({**body, "dimensions": 24}, {**body, "model": "hash:384", "dimensions": 128}):
+            bad = post(base, "/v1/embeddings", bad_body)
+            assert bad.status_code == 400, bad.text
+            err = bad.json()["error"]
+            assert err["param"] == "dimensions" and "cannot shorten" in err["message"]

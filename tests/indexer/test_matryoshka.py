@@ -211,6 +211,17 @@ def test_registered_encoder_search_and_reembed(store: Any, mrl_hash: str) -> Non
     assert not store.has_collection("m8")
 
 
+def test_embed_with_dimensions(mrl_hash: str) -> None:
+    full = semindex.embed(TEXTS[:3], mrl_hash, normalize=False)
+    assert np.allclose(semindex.embed(TEXTS[:3], mrl_hash, dimensions=32), first_dims(full, 32), atol=1e-6)
+    assert semindex.embed(TEXTS[0], mrl_hash, dimensions=16).shape == (16,)
+    assert semindex.embed(TEXTS[:2], mrl_hash, dimensions=64).shape == (2, 64)  # its own size: the full vectors
+    with pytest.raises(TruncationError):
+        semindex.embed(TEXTS[:2], mrl_hash, dimensions=24)
+    with pytest.raises(TruncationError, match="not trained"):
+        semindex.embed(TEXTS[:2], dimensions=128)  # the lane's hash:384
+
+
 def test_hash_encoder_and_vectors_only_are_refused(store: Any) -> None:
     with pytest.raises(TruncationError, match="'hash:384' is not trained for truncation"):
         store.create_collection("h", dimensions=64)
