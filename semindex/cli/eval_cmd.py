@@ -38,6 +38,11 @@ def default_collection_name(folder: Path) -> str:
 @click.option("--split", default="test", show_default=True, help="Which qrels/SPLIT.tsv to evaluate on.")
 @click.option("-k", "k", default=100, show_default=True, type=click.IntRange(1, 1000), help="Hits per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--dimensions", default=None, type=click.IntRange(1, 65536), metavar="N",
+              help="Index a missing collection with the model's first N dims (Matryoshka; see index --help); "
+                   "an existing one must have been made with the same N.")
+@click.option("--force-dimensions", is_flag=True,
+              help="With --dimensions: truncate even a model that does not declare Matryoshka training.")
 def eval_command(
     beir_dir: Path,
     store_path: Path,
@@ -53,6 +58,8 @@ def eval_command(
     split: str,
     k: int,
     as_json: bool,
+    dimensions: int | None = None,
+    force_dimensions: bool = False,
 ) -> None:
     """Measure nDCG@10, recall@100 and MRR@10 on a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).
 
@@ -72,7 +79,7 @@ def eval_command(
     name = collection or default_collection_name(beir_dir)
     store = open_store(store_path, db_url, must_exist=False, device=device)
     try:
-        coll = store.collection(name, model=model)
+        coll = store.collection(name, model=model, dimensions=dimensions, allow_truncation=force_dimensions)
         if coll.count() == 0:
             click.echo(f"indexing {beir_dir} into collection {name!r} ...", err=True)
             stats = coll.add_records(iter_records([beir_dir]), on_error="skip")

@@ -75,3 +75,14 @@ def test_force_dimensions_and_reembed(tmp_path: Path, mrl: str) -> None:
     msg = one_line_error(cli(tmp_path, "reembed", "--collection", "default", "--model", mrl, "--into", "x",
                              "--dimensions", "8"))
     assert "not 8" in msg and "x" not in infos(tmp_path)
+
+
+def test_eval_measures_a_truncated_collection(tmp_path: Path, mrl: str) -> None:
+    from tests.search.test_eval import _tiny_beir
+
+    beir = str(_tiny_beir(tmp_path))
+    out = cli(tmp_path, "eval", beir, "--model", mrl, "--dimensions", "32", "--json", check=True)
+    assert json.loads(out.stdout)["ndcg@10"] > 0.5
+    assert infos(tmp_path)["tiny"]["truncate_dim"] == 32
+    msg = one_line_error(cli(tmp_path, "eval", beir, "--dimensions", "16"))
+    assert "cannot take 16-d" in msg
