@@ -255,7 +255,8 @@ class Store:
             )
         if dimensions is not None and dimensions != record.config.get("truncate_dim"):
             held = (f"{record.dimension}-d vectors (its model's first {record.dimension} dims)"
-                    if record.config.get("truncate_dim") else f"its model's full {record.dimension}-d vectors")
+                    if record.config.get("truncate_dim") else f"its model's full {record.dimension}-d vectors"
+                    if record.model is not None else f"precomputed {record.dimension}-d vectors (no model)")
             raise TruncationError(
                 f"collection {name!r} holds {held}; it cannot take {dimensions}-d ones: vectors of "
                 "different sizes never mix (create another collection, or omit dimensions)"

@@ -227,7 +227,25 @@ def test_hash_encoder_and_vectors_only_are_refused(store: Any) -> None:
         store.create_collection("h", dimensions=64)
     with pytest.raises(TruncationError, match="needs a model"):
         store.create_collection("v", dimension=8, dimensions=4)
+    store.create_collection("v", dimension=8)
+    with pytest.raises(TruncationError, match="precomputed 8-d vectors"):
+        store.collection("v", dimensions=4)
+    store.delete_collection("v")
     assert store.collection_names() == []
+
+
+def test_devices_workers_truncate_too(tmp_path: Path) -> None:
+    """--devices encodes in worker processes with the bare model; the collection's truncation still applies."""
+    from tests.indexer.test_multidevice import _rows
+    from tests.support import SAMPLE, invoke_cli
+
+    flags = ("--model", "hash:64", "--dimensions", "16", "--force-dimensions")
+    invoke_cli("index", str(SAMPLE), "--store", str(tmp_path / "one"), *flags, check=True)
+    invoke_cli("index", str(SAMPLE), "--store", str(tmp_path / "two"), *flags, "--devices", "cpu", check=True)
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert list(one) == list(two) and all(v[3].shape == (16,) for v in two.values())
+    for doc_id in one:
+        np.testing.assert_allclose(one[doc_id][3], two[doc_id][3], atol=1e-5)
 
 
 def test_ray_engine_refuses_a_truncated_collection(store: Any, mrl_hash: str) -> None:
