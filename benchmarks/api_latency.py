@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch CPU threads, for both the server (--torch-threads) and the raw baseline.")
     ap.add_argument("--json", action="store_true", help="Also print the numbers as one JSON line.")
+    ap.add_argument("--query-cache", type=int, default=0,
+                    help="The server's query-embedding cache size (default 0: every query runs the model).")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,7 +129,9 @@ def main() -> None:
     # 2. the server
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the query-embedding cache off: each query is sent several times below, and a cache hit
+    # skips the model (that is the point of the cache, but not of a comparison with raw encode)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SEMINDEX_QUERY_CACHE": str(args.query_cache)}
     log = open(Path(tmp.name) / "serve.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "semindex", "serve", "--store", str(store_dir), "--port", str(port),
