@@ -47,6 +47,7 @@ from .search.hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS
 from .search.query_cache import CachedQueryEncoder, CacheStats
 from .search.query_cache import configure as configure_query_cache
 from .search.query_cache import stats as query_cache_stats
+from .search.rerank import installed_cross_encoders as installed_cross_encoders
 from .search.searcher import (  # the MMR/context/level bounds: for the CLI and API
     DEFAULT_MMR_FETCH_K,
     DEFAULT_MMR_LAMBDA,
@@ -101,6 +102,7 @@ __all__ = [
     "estimate_total",
     "evaluate",
     "format_params",
+    "installed_cross_encoders",
     "iter_records",
     "load_query_vectors",
     "load_split",

@@ -92,10 +92,11 @@ def _coll(request: Request, name: str) -> Collection:
 def _check_model(request: Request, model: str | None, what: str) -> None:
     """Refuse a model the server does not serve (422), before anything touches the file system.
 
-    Served: the operator's ``serve --allow-model`` list, the default model and every collection's
-    own model. A request never names an arbitrary folder or hub id to load: that disclosed which
-    paths exist and cached whatever it loaded for the life of the process. The answer never
-    depends on the server's files, so it discloses nothing about them."""
+    Served: the operator's ``serve --allow-model`` list, the default model, every collection's
+    own model and the cross-encoders in the server's Hugging Face cache (hub ids, scanned once
+    per server). A request never names an arbitrary folder or hub id to load: that disclosed
+    which paths exist and cached whatever it loaded for the life of the process. The answer
+    depends on no path on the server, only on which public hub ids its operator has cached."""
     if model is None:
         return
     m = model.strip()
@@ -108,6 +109,11 @@ def _check_model(request: Request, model: str | None, what: str) -> None:
 
         state.default_model = model_info(None).name
     allowed.add(state.default_model)
+    if getattr(state, "installed_rerankers", None) is None:  # scanned once per server
+        from ..core import installed_cross_encoders
+
+        state.installed_rerankers = tuple(installed_cross_encoders())
+    allowed.update(state.installed_rerankers)
     store = _store(request)
     for name in store.collection_names():
         with contextlib.suppress(Exception):  # a broken collection must not fail another's request

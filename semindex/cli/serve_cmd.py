@@ -65,7 +65,8 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
                    "Default: the default model plus every collection's model.")
 @click.option("--allow-model", "allow_models", multiple=True, metavar="MODEL",
               help="A model requests may name (a new collection's model, or a rerank cross-encoder); repeat "
-                   "for more. Always allowed: the default model and each collection's own. Nothing else is loaded.")
+                   "for more. Always allowed: the default model, each collection's own, and the cross-encoders in "
+                   "the server's Hugging Face cache. Nothing else is loaded.")
 @click.option("--limit-concurrency", default=256, show_default=True, type=click.IntRange(1, None),
               help="Connections (and tasks) at once; more are answered 503 at once instead of queueing.")
 @click.option("--timeout-keep-alive", default=5, show_default=True, type=click.IntRange(1, 3600),

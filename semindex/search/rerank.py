@@ -56,6 +56,39 @@ class Reranker:
         return np.asarray(out, dtype=np.float32).reshape(len(pairs), -1)[:, 0]
 
 
+def installed_cross_encoders(cache_dir: str | Path | None = None) -> list[str]:
+    """Hub ids of the cross-encoders in the local Hugging Face cache (``$HF_HUB_CACHE``).
+
+    What an operator has downloaded on purpose, so ``serve`` may offer it for ``rerank``
+    without an ``--allow-model`` per model. A cached repo counts when a snapshot's
+    ``config.json`` names a ``...ForSequenceClassification`` architecture (what
+    sentence-transformers' CrossEncoder loads). Ids only: never a path, and a scan that fails
+    (no cache, unreadable files) finds nothing rather than failing the server."""
+    import json
+
+    try:
+        from huggingface_hub import constants, scan_cache_dir
+
+        # $HF_HUB_CACHE as it is now (huggingface_hub reads it once, at import)
+        info = scan_cache_dir(cache_dir or os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    except Exception:  # noqa: BLE001 - no cache or a corrupt one: nothing is installed
+        return []
+    found: list[str] = []
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        for rev in repo.revisions:
+            cfg = Path(rev.snapshot_path) / "config.json"
+            try:
+                archs = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
+            except (OSError, ValueError, AttributeError):
+                continue
+            if any(str(a).endswith("ForSequenceClassification") for a in archs):
+                found.append(repo.repo_id)
+                break
+    return sorted(found)
+
+
 def get_reranker(model: str, device: str | None = None) -> Reranker:
     p = Path(model).expanduser() if isinstance(model, str) else None
     key_name = str(p.resolve()) if p is not None and p.exists() else str(model).strip()

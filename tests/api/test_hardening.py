@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import semindex
-from tests.api.serving import free_port, wait_healthy
-from tests.support import REPO, SAMPLE, run_cli
+from tests.api.serving import ServeProcess, free_port, wait_healthy
+from tests.support import REPO, SAMPLE, run_cli, sample_docs
 
 
 def _vec(i: int, dim: int = 8) -> list[float]:
@@ -332,5 +332,44 @@ def test_a_collection_whose_model_vanished_is_503_and_serve_still_starts(tmp_pat
             r = c.post("/collections/gone/search", json={"query": "x", "k": 1})
             assert r.status_code == 503 and r.json()["error"] == "model_unavailable", r.text
             assert c.get("/collections").status_code == 200
+    finally:
+        srv.stop()
+
+
+def _hub_cache_with(cache: Path, repo_id: str, model_dir: Path) -> None:
+    """``model_dir``'s files laid out as the Hugging Face hub cache keeps a downloaded repo."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        shutil.copy(f, snap / f.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "blobs").mkdir()
+
+
+@pytest.mark.slow  # a server process that loads torch for the cross-encoder
+def test_installed_cross_encoders_are_allowed_for_rerank(tmp_path: Path, tiny_cross_encoder: Path,
+                                                         tiny_bert: Path) -> None:
+    from semindex.core import installed_cross_encoders
+
+    cache = tmp_path / "hub"
+    _hub_cache_with(cache, "acme/tiny-reranker", tiny_cross_encoder)
+    _hub_cache_with(cache, "acme/tiny-bert", tiny_bert)  # a bi-encoder checkpoint: not a reranker
+    assert installed_cross_encoders(cache) == ["acme/tiny-reranker"]
+    assert installed_cross_encoders(tmp_path / "no-cache-here") == []
+    with semindex.Store(tmp_path / "s") as store:
+        store.collection().add(sample_docs())
+    # a real server process whose Hugging Face cache is this one, with no --allow-model at all
+    srv = ServeProcess(tmp_path / "s", env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}).wait()
+    try:
+        with httpx.Client(base_url=srv.base, timeout=120) as c:
+            r = c.post("/collections/default/search", json={"query": "stars", "k": 3, "rerank": "acme/tiny-reranker"})
+            assert r.status_code == 200, r.text + srv.log()
+            assert len(r.json()["hits"]) == 3
+            r = c.post("/collections/default/search", json={"query": "stars", "rerank": "acme/tiny-bert"})
+            assert r.status_code == 422, r.text
     finally:
         srv.stop()
