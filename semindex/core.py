@@ -64,6 +64,7 @@ from .storage import CheckReport, CollectionRecord, CollectionStorage, KeywordIn
 from .storage.checkpoint import format_params
 from .storage.engine import store_exists
 from .storage.filters import parse_filter_json
+from .storage.recall_monitor import enable as enable_recall_checks
 from .storage.records import NAME_RE
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ __all__ = [
     "configure_query_cache",
     "default_store_path",
     "detect_format",
+    "enable_recall_checks",
     "estimate_total",
     "evaluate",
     "format_params",

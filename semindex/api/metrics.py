@@ -45,6 +45,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.live_recall = Gauge(
+            "semindex_index_live_recall",
+            "recall@10 of the ANN index on sampled real queries, checked exactly in the background.",
+            ["collection"],
+            registry=self.registry,
+        )
         self.registry.register(_QueryCacheCollector())
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -55,10 +61,14 @@ class Metrics:
         if n > 0:
             self.indexed.labels(collection).inc(n)
 
-    def render(self, sizes: Iterable[tuple[str, int]]) -> bytes:
+    def render(self, sizes: Iterable[tuple[str, int]],
+               live_recall: Iterable[tuple[str, float]] = ()) -> bytes:
         self.sizes.clear()
         for name, count in sizes:
             self.sizes.labels(name).set(count)
+        self.live_recall.clear()
+        for name, rec in live_recall:
+            self.live_recall.labels(name).set(rec)
         return generate_latest(self.registry)
 
 

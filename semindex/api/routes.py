@@ -189,8 +189,15 @@ async def health() -> Health:
 )
 def metrics(request: Request) -> Response:
     store = _store(request)
-    sizes = [(name, store.get_collection(name).count()) for name in store.collection_names()]
-    return Response(_metrics(request).render(sizes), media_type=CONTENT_TYPE)
+    sizes = []
+    live = []
+    for name in store.collection_names():
+        coll = store.get_collection(name)
+        sizes.append((name, coll.count()))
+        rec = coll.info().index_params.get("live_recall@10")
+        if isinstance(rec, (int, float)):
+            live.append((name, float(rec)))
+    return Response(_metrics(request).render(sizes, live), media_type=CONTENT_TYPE)
 
 
 # -- collections ------------------------------------------------------------------

@@ -79,6 +79,12 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
 @click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1, 86400),
               help="Seconds a request may take; past it, 504 deadline_exceeded. A write that has started "
                    "always finishes (and is answered); one that has not is never started.")
+@click.option("--recall-check/--no-recall-check", default=True, show_default=True,
+              help="Check ANN recall@10 on a sample of real queries in the background (exactly, from SQL) and "
+                   "raise efSearch / nprobe / k_factor when it falls below the index's target.")
+@click.option("--query-cache", type=click.IntRange(0, 10_000_000), default=None,
+              help="Query embeddings kept per model for exact repeats (default 4096, $SEMINDEX_QUERY_CACHE; "
+                   "0 turns the cache off).")
 def serve_command(
     store_path: Path,
     db_url: str | None,
@@ -100,6 +106,8 @@ def serve_command(
     header_timeout: float,
     body_timeout: float,
     request_timeout: float,
+    recall_check: bool,
+    query_cache: int | None,
 ) -> None:
     """Serve the store over HTTP (JSON; docs at /docs, schema at /openapi.json).
 
@@ -131,6 +139,11 @@ def serve_command(
     logging.getLogger("semindex").setLevel(log_level.upper())
     apply_threads(torch_threads)  # torch and the exported backends alike
     set_process_defaults(backend, precision)
+    from ..core import configure_query_cache, enable_recall_checks
+
+    enable_recall_checks(recall_check)
+    if query_cache is not None:
+        configure_query_cache(query_cache)
     store = open_store(store_path, db_url, must_exist=False, device=device)
     try:
         served = None

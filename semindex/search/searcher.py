@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError, InvalidInputError
 from ..indexer.encoder import Encoder
-from ..storage import ChunkRef, CollectionStorage, KeywordIndex, StoredDoc
+from ..storage import ChunkRef, CollectionStorage, KeywordIndex, StoredDoc, recall_monitor
 from .hybrid import DEFAULT_RRF_K, DEFAULT_WEIGHTS, check_convex, check_fusion, convex, rrf
 
 MAX_K = 1000
@@ -185,6 +185,8 @@ def dense_docs(
     storage: CollectionStorage, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None, level: Level
 ) -> list[list[_Doc]]:
     vecs = np.asarray(vectors, dtype=np.float32)
+    if filter is None and len(vecs):
+        recall_monitor.offer(storage, vecs)  # a no-op unless the process enabled live recall checks
     return _overfetch(lambda qs, n: storage.search(vecs[qs], n, filter), len(vecs), k, level)
 
 
