@@ -168,12 +168,11 @@ class Storage:
                         config=dict(config or {}),
                         created_at=utcnow(),
                     )
-                )
+                )  # read back in the same transaction: a concurrent delete may follow the commit
+                row = conn.execute(sa.select(s.collections).where(s.collections.c.name == name)).one()
         except sa.exc.IntegrityError as exc:
             raise CollectionExistsError(name) from exc
-        record = self.get_record(name)
-        assert record is not None
-        return record
+        return CollectionRecord.from_row(row)
 
     def open_collection(self, name: str) -> CollectionStorage:
         validate_collection_name(name)
