@@ -250,3 +250,31 @@ def test_gpu_search_matches_cpu(tmp_path: Path, spec: str) -> None:
     gpu.remove(np.arange(10))  # writes go to the CPU index; the GPU copy is refreshed
     _, c = gpu.search(x[:10], 1)
     assert not set(c[:, 0].tolist()) & set(range(10))
+
+
+def test_a_few_queries_search_on_one_openmp_thread_and_batches_on_all() -> None:
+    import threading
+
+    from semindex.storage.vectors import base
+
+    faiss.omp_set_num_threads(2)
+    x = clustered(500)
+    idx = build_index("flat", DIM, "cosine")
+    idx.add(np.arange(500), x)
+    seen: list[int] = []
+    real = idx.index.search
+
+    def spy(*args: object, **kw: object) -> object:
+        seen.append(faiss.omp_get_max_threads())
+        return real(*args, **kw)
+
+    idx.index.search = spy
+    one = idx.search(x[:1], 5)
+    idx.search(x[: base.SERIAL_QUERIES + 1], 5)
+    assert seen == [1, 2] and faiss.omp_get_max_threads() == 2  # restored after the single query
+    assert one[1][0][0] == 0
+    other: list[int] = []
+    t = threading.Thread(target=lambda: other.append(faiss.omp_get_max_threads()))
+    t.start()
+    t.join()
+    assert other == [2]

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import ConfigError, StorageError
 from ..atomic import write_bytes_atomic
-from .base import REFINE_MIN_K, _BaseIndex, _id_selector, as_ids, as_vectors
+from .base import REFINE_MIN_K, _BaseIndex, _id_selector, as_ids, as_vectors, few_query_threads
 
 DEFAULT_BINARY_K_FACTOR = 10
 MAGIC = b"SEMINDEX-BINARY1"
@@ -132,7 +132,8 @@ class BinaryIndex(_BaseIndex):
         kk = max(k, REFINE_MIN_K) * k_factor if refine else k
         kk = min(kk, len(self))
         sp = faiss.SearchParameters(sel=_id_selector(allowed)) if allowed is not None else None
-        dist, lab = self.index.search(self.encode(queries), kk, params=sp)
+        with few_query_threads(len(queries)):
+            dist, lab = self.index.search(self.encode(queries), kk, params=sp)
         if refine:
             return self._refine(queries, lab, k)
         scores = -dist.astype(np.float32)
