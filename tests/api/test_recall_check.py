@@ -6,21 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 import semindex
 from semindex.storage import recall_monitor
-
-DIM = 32
-
-
-def clustered(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((40, DIM))
-    x = centers[rng.integers(0, 40, n)] + 0.6 * rng.standard_normal((n, DIM))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
+from tests.storage.test_recall_monitor import DIM, clustered
 
 
 def test_server_samples_real_queries_and_metrics_show_live_recall(tmp_path: Path, thread_server: Any,

@@ -346,8 +346,12 @@ class _BaseIndex:
         dist, lab = self._raw_search(queries, kk, sp, sel)
         if refine:
             return self._refine(queries, lab, k)
-        scores = -dist if self.metric == "l2" else dist
-        return scores, lab
+        return self._scores(dist, lab), lab
+
+    def _scores(self, dist: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        """FAISS's distances as "higher is better" scores (l2 distances negated)."""
+        out: np.ndarray = -dist if self.metric == "l2" else dist
+        return out
 
     def _refine(self, queries: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rescore the candidates exactly with their stored vectors (no in-RAM flat copy)."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import ConfigError, StorageError
 from ..atomic import write_bytes_atomic
-from .base import REFINE_MIN_K, _BaseIndex, _id_selector, as_ids, as_vectors, few_query_threads
+from .base import _BaseIndex, as_ids, as_vectors
 
 DEFAULT_BINARY_K_FACTOR = 10
 MAGIC = b"SEMINDEX-BINARY1"
@@ -113,31 +113,13 @@ class BinaryIndex(_BaseIndex):
         # codes, plus the int64 id map and its reverse hash map in IDMap2 (as FlatIndex counts them)
         return len(self) * (code_bytes(self.dimension) + 8 + 16)
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        allowed: np.ndarray | None = None,
-        *,
-        exhaustive: bool = False,
-        params: Mapping[str, Any] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        queries = as_vectors(queries, self.dimension)
-        if not len(self) or k <= 0 or not self.is_trained:
-            return (np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32),
-                    np.full((len(queries), max(k, 0)), -1, dtype=np.int64))
-        over = dict(params or {})
-        k_factor = max(1, int(over.get("k_factor", self.params.get("k_factor", DEFAULT_BINARY_K_FACTOR))))
-        refine = self.refine_source is not None  # Hamming ranks are coarse: always rescored
-        kk = max(k, REFINE_MIN_K) * k_factor if refine else k
-        kk = min(kk, len(self))
-        sp = faiss.SearchParameters(sel=_id_selector(allowed)) if allowed is not None else None
-        with few_query_threads(len(queries)):
-            dist, lab = self.index.search(self.encode(queries), kk, params=sp)
-        if refine:
-            return self._refine(queries, lab, k)
-        scores = -dist.astype(np.float32)
-        return _pad(scores, lab, k)
+    def _raw_search_in(self, queries: np.ndarray, k: int, sp: Any, sel: Any) -> tuple[np.ndarray, np.ndarray]:
+        found: tuple[np.ndarray, np.ndarray] = self.index.search(self.encode(queries), k, params=sp)
+        return found
+
+    def _scores(self, dist: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        """Without a refine source (an index used alone): minus the Hamming distance; -inf past the end."""
+        return np.where(lab >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32)
 
     def save(self, path: Path) -> None:
         thresholds = self._thresholds if self._thresholds is not None else np.empty(0, dtype=np.float32)
@@ -168,16 +150,3 @@ def read_binary(path: Path, dimension: int, metric: str, params: Mapping[str, An
     if raw.ntotal and thresholds is None:
         raise StorageError(f"binary index {path} holds codes but no thresholds")
     return BinaryIndex(dimension, metric, index=raw, params=params, thresholds=thresholds)
-
-
-def _pad(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Results exactly k wide (-inf / -1 past the end), as every other index returns them."""
-    scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32)
-    if scores.shape[1] >= k:
-        return scores[:, :k], labels[:, :k]
-    n = len(scores)
-    out_s = np.full((n, k), -np.inf, dtype=np.float32)
-    out_i = np.full((n, k), -1, dtype=np.int64)
-    out_s[:, : scores.shape[1]] = scores
-    out_i[:, : labels.shape[1]] = labels
-    return out_s, out_i
