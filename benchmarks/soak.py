@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,22 @@ def hostile(base: str, deadline: float, restarting: Any, last_restart: Any, out:
     out.put({"sent": sent, "5xx": five, "samples": samples})
 
 
+def rss_trend(samples: list[tuple[int, float, float]], warmup_s: float = 30.0) -> dict[str, Any] | None:
+    """RSS of the server process that lived longest, from ``warmup_s`` after its first sample to its
+    last: flat memory means a slope near 0 MB/min once the model and index are loaded."""
+    by_pid: dict[int, list[tuple[float, float]]] = {}
+    for pid, t, mb in samples:
+        by_pid.setdefault(pid, []).append((t, mb))
+    best = max(by_pid.values(), key=lambda v: v[-1][0] - v[0][0], default=None)
+    if not best:
+        return None
+    settled = [(t, mb) for t, mb in best if t >= best[0][0] + warmup_s] or best
+    (t0, m0), (t1, m1) = settled[0], settled[-1]
+    minutes = (t1 - t0) / 60
+    return {"from_mb": m0, "to_mb": m1, "max_mb": max(mb for _, mb in settled), "minutes": round(minutes, 2),
+            "mb_per_min": round((m1 - m0) / minutes, 1) if minutes > 0 else 0.0}
+
+
 def rss_mb(pid: int | None) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -334,6 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         for p in [*procs, bad_client]:
             p.start()
         rss_start = rss_mb(server.proc.pid if server.proc else None)
+        samples: list[tuple[int, float, float]] = []  # (server pid, time, RSS MB) every 5 s
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(5.0):
+                pid = server.proc.pid if server.proc else None
+                mb = rss_mb(pid)
+                if pid is not None and mb is not None:
+                    samples.append((pid, time.time(), mb))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         rnd = random.Random(args.seed)
         restarts_done = 0
         restart_seconds: list[float] = []
@@ -354,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         reports = [results.get(timeout=args.minutes * 60 + 600) for _ in procs]
         hostile_report = hostile_out.get(timeout=600)
         rss_end = rss_mb(server.proc.pid if server.proc else None)
+        sampling.set()
+        memory = rss_trend(samples)
         for p in [*procs, bad_client]:
             p.join(timeout=60)
         elapsed = time.time() - t_start
@@ -386,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             "check_ok": check.returncode == 0,
             "clean_shutdown": stop_status == 0,
             "hostile": hostile_report,
-            "server_rss_mb": {"start": rss_start, "end": rss_end},  # since the last restart
+            "server_rss_mb": {"start": rss_start, "end": rss_end},  # first process's start, last one's end
+            "server_rss_trend": memory,  # the longest-lived server process, from 30 s after it started
             "latency_ms": {
                 op: {"n": len(vals), "p50": pct(vals, 0.50), "p99": pct(vals, 0.99)}
                 for op, vals in {**lat, "all": everything}.items()
@@ -404,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  acknowledged writes lost   {n_lost}")
             print(f"  check                      {report['check']}")
             print(f"  hostile client             {hostile_report['sent']} requests, {hostile_report['5xx']} 5xx")
-            print(f"  server RSS                 {rss_start} -> {rss_end} MB (after the last restart)")
+            print(f"  server RSS                 {rss_start} MB (first process, start) -> {rss_end} MB (last, end)")
+            if memory:
+                print(f"  server RSS, longest life   {memory['from_mb']} -> {memory['to_mb']} MB over "
+                      f"{memory['minutes']} min from 30 s after its start ({memory['mb_per_min']:+} MB/min)")
             for op, q in report["latency_ms"].items():
                 print(f"  latency {op:<8} n={q['n']:<7} p50 {q['p50']} ms  p99 {q['p99']} ms")
             for s in report["error_samples"] + report["lost_samples"]:
