@@ -120,7 +120,7 @@ def encode_queries(encoder: Encoder, texts: Sequence[str], *, normalize: bool = 
         fresh = np.asarray(encoder.encode(list(todo), normalize=normalize), dtype=np.float32)
         with _state.lock:
             for row, (text, where) in enumerate(todo.items()):
-                vec = fresh[row]
+                vec = fresh[row].copy()  # a row of its own: a view would keep the whole batch alive
                 vec.setflags(write=False)  # shared by later hits: nobody may change it in place
                 for i in where:
                     out[i] = vec

@@ -134,3 +134,10 @@ def test_collection_search_uses_the_cache(tmp_path: Path) -> None:
         assert after.hits - before.hits == 1 and after.misses - before.misses == 1
         coll.search_batch(["topic 3", "topic 4"], k=3, mode="hybrid")
         assert semindex.query_cache_stats().hits - after.hits == 1
+
+
+def test_cached_rows_do_not_keep_their_batch_alive() -> None:
+    enc = Counting()
+    query_cache.encode_queries(enc, [f"q{i}" for i in range(32)])
+    lru = next(iter(query_cache._state.per_encoder.values()))
+    assert all(v.base is None for v in lru.values())  # each entry owns its 64 bytes, not a 32-row array
