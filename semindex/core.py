@@ -507,7 +507,7 @@ class Collection:
             index_bytes=self.storage.index.memory_bytes(),
             version=self.storage.applied_version,
             index_policy=self.record.index_spec,
-            index_params=dict(self.storage.index.params),
+            index_params=self.index_params,
             bytes_per_vector=round(self.storage.index.memory_bytes() / max(len(self.storage.index), 1), 1),
             index_device=getattr(self.storage.index, "device", "cpu"),
             backend=self.backend,
@@ -522,6 +522,12 @@ class Collection:
         """The vector index in use now ("flat", "hnsw", a FAISS factory string...); with the
         "auto" policy it changes as the collection grows."""
         return self.storage.index.spec
+
+    @property
+    def index_params(self) -> dict[str, Any]:
+        """The index's tuned parameters (nlist, nprobe, efSearch, k_factor, recall@10,
+        live_recall@10...), as ``info().index_params`` has them, without info's other reads."""
+        return dict(self.storage.index.params)
 
     @property
     def encoder(self) -> Encoder:

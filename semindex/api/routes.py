@@ -194,7 +194,7 @@ def metrics(request: Request) -> Response:
     for name in store.collection_names():
         coll = store.get_collection(name)
         sizes.append((name, coll.count()))
-        rec = coll.info().index_params.get("live_recall@10")
+        rec = coll.index_params.get("live_recall@10")
         if isinstance(rec, (int, float)):
             live.append((name, float(rec)))
     return Response(_metrics(request).render(sizes, live), media_type=CONTENT_TYPE)

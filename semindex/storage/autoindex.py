@@ -59,6 +59,7 @@ from .vectors import (
     spec_kind,
 )
 from .vectors import parse_bytes as parse_bytes  # re-exported: callers of autoindex name it here
+from .vectors.binary import code_bytes
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def estimate_bytes(kind: str, n: int, dimension: int, pq_m: int | None = None) -
     if kind == "sq8":
         return n * (dimension + 24) + 8 * dimension
     if kind == "binary":
-        return n * ((dimension + 7) // 8 + 24) + 4 * dimension
+        return n * (code_bytes(dimension) + 24) + 4 * dimension
     raise ConfigError(f"no estimate for {kind!r}")
 
 
@@ -399,7 +400,6 @@ def build_from_source(
     device: str | None = None,
     refine_source: Callable[[np.ndarray], np.ndarray] | None = None,
     on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
-    perturb: float | None = None,
 ) -> tuple[VectorIndex, BuildReport]:
     """Build ``spec`` (or resolve ``auto``) from every vector of ``source``: train, add, tune."""
     start = time.perf_counter()
@@ -449,7 +449,7 @@ def build_from_source(
         nq = min(TUNE_QUERIES, len(all_ids))
         qids = np.sort(rng.choice(all_ids, size=nq, replace=False))
         stored = as_vectors(source.fetch(qids), dimension)
-        gt = GroundTruth(np.concatenate([qids, qids]), np.concatenate([stored, query_like(stored, rng, perturb)]),
+        gt = GroundTruth(np.concatenate([qids, qids]), np.concatenate([stored, query_like(stored, rng)]),
                          metric, groups=np.repeat([0, 1], len(qids)))
     t = time.perf_counter()
     for ids, vecs in source.iter_batches():

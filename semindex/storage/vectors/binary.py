@@ -24,9 +24,8 @@ import numpy as np
 
 from ...errors import ConfigError, StorageError
 from ..atomic import write_bytes_atomic
-from .base import _BaseIndex, as_ids, as_vectors
+from .base import DEFAULT_K_FACTOR, _BaseIndex, as_ids, as_vectors
 
-DEFAULT_BINARY_K_FACTOR = 10
 MAGIC = b"SEMINDEX-BINARY1"
 
 
@@ -53,7 +52,7 @@ class BinaryIndex(_BaseIndex):
         thresholds: np.ndarray | None = None,
     ) -> None:
         super().__init__(spec, dimension, metric, params)
-        self.params.setdefault("k_factor", DEFAULT_BINARY_K_FACTOR)
+        self.params.setdefault("k_factor", DEFAULT_K_FACTOR)
         if index is None:
             index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(8 * code_bytes(dimension)))
         self.index = index
