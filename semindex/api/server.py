@@ -7,7 +7,9 @@ everyone else out. :func:`timeout_protocol` is uvicorn's own h11 protocol with t
 
 - the *header* timer runs from the moment a connection opens (or the first byte of the next
   request on a keep-alive connection arrives) until the request head is complete; when it
-  fires the connection is closed (nothing has reached the app, so there is nothing to answer);
+  fires the connection is closed, after a 408 ``{"error": "request_timeout", ...}`` if part
+  of a head had come (a connection that sent nothing is closed silently; nothing has reached
+  the app either way);
 - the *body* timer runs from the complete head until the whole body has arrived; when it fires
   the client gets 408 ``{"error": "request_timeout", ...}`` and the connection is closed. No
   route has started yet (the body is read in full before the app runs, see
@@ -140,13 +142,28 @@ class ReadTimeoutH11Protocol(H11Protocol):
             cycle.disconnected = True
             cycle.message_event.set()
             self._send_408(seconds)
+        elif what == "head" and self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            # part of a head came: say why the connection closes (one that sent nothing gets
+            # nothing, as an idle keep-alive close). h11 sends no response before a request
+            # exists, so the bytes are written directly; the connection closes right after.
+            transport.write(self._raw_408(seconds))
         transport.close()
 
-    def _send_408(self, seconds: float) -> None:
-        body = json.dumps({
+    @staticmethod
+    def _timeout_body(what: _Waiting, seconds: float) -> bytes:
+        flag = "--body-timeout" if what == "body" else "--header-timeout"
+        return json.dumps({
             "error": "request_timeout",
-            "detail": f"the request body did not arrive within {seconds:g} s (serve --body-timeout)",
+            "detail": f"the request {what} did not arrive within {seconds:g} s (serve {flag})",
         }).encode("utf-8")
+
+    def _raw_408(self, seconds: float) -> bytes:
+        body = self._timeout_body("head", seconds)
+        return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+    def _send_408(self, seconds: float) -> None:
+        body = self._timeout_body("body", seconds)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         try:
