@@ -87,6 +87,9 @@ def main() -> None:
                          "cost: the same model code as the raw baseline.")
     ap.add_argument("--query-cache", type=int, default=0,
                     help="The server's query-embedding cache size (default 0: every query runs the model).")
+    ap.add_argument("--query-batching", choices=["on", "off"], default="on",
+                    help="The server's sharing of one model call among concurrent queries "
+                         "($SEMINDEX_QUERY_BATCHING; default on, as users get it).")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -138,7 +141,8 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     # the query-embedding cache off: each query is sent several times below, and a cache hit
     # skips the model (that is the point of the cache, but not of a comparison with raw encode)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SEMINDEX_QUERY_CACHE": str(args.query_cache)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SEMINDEX_QUERY_CACHE": str(args.query_cache),
+           "SEMINDEX_QUERY_BATCHING": "1" if args.query_batching == "on" else "0"}
     log = open(Path(tmp.name) / "serve.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "semindex", "serve", "--store", str(store_dir), "--port", str(port),

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..indexer.encoder import Encoder
+from . import coalesce
 
 DEFAULT_SIZE = 4096  # 4096 x 384 float32 = 6 MiB per encoder
 MAX_CACHED_CHARS = 2048
@@ -97,10 +98,11 @@ def clear() -> None:
 
 
 def encode_queries(encoder: Encoder, texts: Sequence[str], *, normalize: bool = True) -> np.ndarray:
-    """``encoder.encode(texts)``, answering repeats from the cache and encoding the rest in one call."""
+    """``encoder.encode(texts)``, answering repeats from the cache and encoding the rest in one call
+    (shared with concurrent callers' queries, see :mod:`semindex.search.coalesce`)."""
     size = _state.max_entries()
     if size == 0 or not texts:
-        return encoder.encode(texts, normalize=normalize)
+        return coalesce.encode(encoder, texts, normalize=normalize)
     out: list[np.ndarray | None] = [None] * len(texts)
     todo: dict[str, list[int]] = {}  # distinct uncached texts -> their positions
     with _state.lock:
@@ -117,7 +119,7 @@ def encode_queries(encoder: Encoder, texts: Sequence[str], *, normalize: bool = 
                 todo.setdefault(text, []).append(i)
                 _state.misses += 1
     if todo:
-        fresh = np.asarray(encoder.encode(list(todo), normalize=normalize), dtype=np.float32)
+        fresh = coalesce.encode(encoder, list(todo), normalize=normalize)
         with _state.lock:
             for row, (text, where) in enumerate(todo.items()):
                 vec = fresh[row].copy()  # a row of its own: a view would keep the whole batch alive
