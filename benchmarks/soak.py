@@ -56,12 +56,15 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.malloc_trim: float | None = None  # the server's $SEMINDEX_MALLOC_TRIM (None: its default)
 
     def start(self, timeout: float = 300) -> None:
         self.starts += 1
         log = open(self.log_dir / f"serve-{self.starts}.log", "wb")  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEMINDEX_")}
         env.update({"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        if self.malloc_trim is not None:
+            env["SEMINDEX_MALLOC_TRIM"] = str(self.malloc_trim)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "semindex", "serve", "--store", str(self.store), "--db", self.db,
              "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
@@ -226,9 +229,22 @@ def hostile(base: str, deadline: float, restarting: Any, last_restart: Any, out:
     out.put({"sent": sent, "5xx": five, "samples": samples})
 
 
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares MB per minute through (time s, MB) points (0 for fewer than two)."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mm = sum(mb for _, mb in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return 60 * sum((t - mt) * (mb - mm) for t, mb in points) / var if var > 0 else 0.0
+
+
 def rss_trend(samples: list[tuple[int, float, float]], warmup_s: float = 30.0) -> dict[str, Any] | None:
     """RSS of the server process that lived longest, from ``warmup_s`` after its first sample to its
-    last: flat memory means a slope near 0 MB/min once the model and index are loaded."""
+    last: flat memory means a slope near 0 MB/min once the model and index are loaded. The slope is a
+    least-squares fit over every 5 s sample (the whole settled span and its second half, where
+    warm-up no longer shows), and the highest RSS of each minute is listed."""
     by_pid: dict[int, list[tuple[float, float]]] = {}
     for pid, t, mb in samples:
         by_pid.setdefault(pid, []).append((t, mb))
@@ -238,8 +254,14 @@ def rss_trend(samples: list[tuple[int, float, float]], warmup_s: float = 30.0) -
     settled = [(t, mb) for t, mb in best if t >= best[0][0] + warmup_s] or best
     (t0, m0), (t1, m1) = settled[0], settled[-1]
     minutes = (t1 - t0) / 60
+    half = [(t, mb) for t, mb in settled if t >= t0 + (t1 - t0) / 2]
+    per_minute: dict[int, float] = {}
+    for t, mb in best:
+        minute = int((t - best[0][0]) // 60)
+        per_minute[minute] = max(per_minute.get(minute, 0.0), mb)
     return {"from_mb": m0, "to_mb": m1, "max_mb": max(mb for _, mb in settled), "minutes": round(minutes, 2),
-            "mb_per_min": round((m1 - m0) / minutes, 1) if minutes > 0 else 0.0}
+            "mb_per_min": round(_slope(settled), 1), "second_half_mb_per_min": round(_slope(half), 1),
+            "max_mb_per_minute": [per_minute[m] for m in sorted(per_minute)]}
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -317,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="PostgreSQL URL (default $SEMINDEX_DB_URL; else a throwaway cluster via scripts/pg.sh).")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="Print the report as one JSON object.")
+    ap.add_argument("--malloc-trim", type=float, default=None,
+                    help="The server's $SEMINDEX_MALLOC_TRIM (seconds between trims; 0 off; default: its own).")
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="semindex-soak-"))
@@ -328,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             db, pgdir = start_cluster(tmp)
         store = tmp / "store"
         server = Server(store, db, tmp)
+        server.malloc_trim = args.malloc_trim
         server.start()
         import httpx
 
@@ -436,10 +461,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  acknowledged writes lost   {n_lost}")
             print(f"  check                      {report['check']}")
             print(f"  hostile client             {hostile_report['sent']} requests, {hostile_report['5xx']} 5xx")
+            for line in hostile_report["samples"]:
+                print(f"    {line}")
             print(f"  server RSS                 {rss_start} MB (first process, start) -> {rss_end} MB (last, end)")
             if memory:
                 print(f"  server RSS, longest life   {memory['from_mb']} -> {memory['to_mb']} MB over "
-                      f"{memory['minutes']} min from 30 s after its start ({memory['mb_per_min']:+} MB/min)")
+                      f"{memory['minutes']} min from 30 s after its start (fit {memory['mb_per_min']:+} MB/min, "
+                      f"second half {memory['second_half_mb_per_min']:+} MB/min)")
+                print(f"  server RSS, max per minute {memory['max_mb_per_minute']}")
             for op, q in report["latency_ms"].items():
                 print(f"  latency {op:<8} n={q['n']:<7} p50 {q['p50']} ms  p99 {q['p99']} ms")
             for s in report["error_samples"] + report["lost_samples"]:

@@ -124,7 +124,7 @@ def serve_command(
     """
     import uvicorn
 
-    from ..api import create_app
+    from ..api import create_app, memory
     from ..api.server import limit_repeated_logs, timeout_protocol
 
     if api_key is not None and api_key.strip() != api_key:
@@ -144,7 +144,9 @@ def serve_command(
     enable_recall_checks(recall_check)
     if query_cache is not None:
         configure_query_cache(query_cache)
+    trim_interval = memory.interval_from_env()  # a bad value is one line before anything loads
     store = open_store(store_path, db_url, must_exist=False, device=device)
+    trimmer = memory.start(trim_interval)  # freed memory back to the OS, so RSS stays flat
     try:
         served = None
         if embed_models:
@@ -177,6 +179,8 @@ def serve_command(
         if not server.started:
             raise ConfigError(f"the server did not start on {host}:{port} (see the log above)")
     finally:
+        if trimmer is not None:
+            trimmer.stop()
         store.close()
     click.echo("semindex: shut down cleanly", err=True)
 
