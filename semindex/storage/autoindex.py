@@ -39,16 +39,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageError
 from . import exact
 from .vectors import (
     HNSW_M,
+    IVFIndex,
     VectorIndex,
     as_vectors,
     build_index,
@@ -79,6 +80,11 @@ RANK = {"flat": 0, "hnsw": 1, "ivf": 2, "sq8": 3, "binary": 4, "ivfpq": 5}
 # indexes whose quantizer is learnt from the first vectors they see (IVF cells, SQ8 ranges,
 # binary thresholds): rebuilt from a fresh sample when the collection outgrows that sample
 REGROWN = ("ivf", "ivfpq", "sq8", "binary")
+
+ShardedAdd = Callable[[Any, Iterator[tuple[np.ndarray, np.ndarray]]], Any]
+"""The add step of an IVF build done elsewhere: given a trained, empty FAISS index
+(:meth:`IVFIndex.export_trained`) and the stream of (ids, float32 vectors) batches, return that
+index filled with every batch under its ids (semindex.indexer.sharded_ivf does it in Ray tasks)."""
 
 
 def default_budget() -> int:
@@ -362,6 +368,7 @@ class BuildReport:
     seconds: float
     reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    sharded: bool = False  # the vectors were added by an ``add_batches`` callable (e.g. in Ray tasks)
 
 
 def exact_stand_in(spec: str, dimension: int, metric: str, n: int, *, need: int, why: str) -> VectorIndex:
@@ -400,8 +407,14 @@ def build_from_source(
     device: str | None = None,
     refine_source: Callable[[np.ndarray], np.ndarray] | None = None,
     on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    add_batches: ShardedAdd | None = None,
 ) -> tuple[VectorIndex, BuildReport]:
-    """Build ``spec`` (or resolve ``auto``) from every vector of ``source``: train, add, tune."""
+    """Build ``spec`` (or resolve ``auto``) from every vector of ``source``: train, add, tune.
+
+    ``add_batches``: when the build is an IVF family, the add step is handed to it (the trained,
+    empty FAISS index and the stream of batches; it returns the filled index), so the adds can
+    run in parallel elsewhere while the sample, the quantizer, the tuning queries and the tuned
+    parameters stay exactly this function's. Other families ignore it and add here."""
     start = time.perf_counter()
     timings: dict[str, float] = {}
     rng = np.random.default_rng(seed)
@@ -452,12 +465,38 @@ def build_from_source(
         gt = GroundTruth(np.concatenate([qids, qids]), np.concatenate([stored, query_like(stored, rng)]),
                          metric, groups=np.repeat([0, 1], len(qids)))
     t = time.perf_counter()
-    for ids, vecs in source.iter_batches():
-        index.add(ids, vecs)
-        if gt is not None:
-            gt.update(ids, vecs)
-        if on_batch is not None:
-            on_batch(ids, vecs)
+
+    def feed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, vecs in source.iter_batches():
+            if gt is not None:
+                gt.update(ids, vecs)
+            if on_batch is not None:
+                on_batch(ids, vecs)
+            yield ids, vecs
+
+    sharded = add_batches is not None and isinstance(index, IVFIndex) and index.is_trained and not len(index)
+    if sharded:
+        assert add_batches is not None and isinstance(index, IVFIndex)
+        streamed: list[np.ndarray] = []
+
+        def counted() -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
+            for ids, vecs in feed():
+                streamed.append(ids)
+                yield ids, vecs
+
+        stream = counted()
+        try:
+            index.adopt(add_batches(index.export_trained(), stream))
+        finally:
+            stream.close()  # ends the SQL snapshot now, also when the add step failed
+        want = np.sort(np.concatenate(streamed)) if streamed else np.empty(0, dtype=np.int64)
+        got = np.sort(index.ids())
+        if len(got) != len(want) or not np.array_equal(got, want):
+            raise StorageError(f"the sharded build of {index.spec!r} holds {len(got)} vectors, not the "
+                               f"{len(want)} stored ones (or other ids); the index in use is kept")
+    else:
+        for ids, vecs in feed():
+            index.add(ids, vecs)
     timings["add_s"] = time.perf_counter() - t
     if gt is not None and len(index):
         t = time.perf_counter()
@@ -466,4 +505,5 @@ def build_from_source(
     index.params["built_for"] = max(int(index.params.get("built_for", 0) or 0), len(index))
     if index.kind in ("hnsw",) or spec_kind(index.spec) == "factory":
         index.params["built_for"] = len(index)
-    return index, BuildReport(index.spec, dict(index.params), len(index), time.perf_counter() - start, reason, timings)
+    return index, BuildReport(index.spec, dict(index.params), len(index), time.perf_counter() - start, reason, timings,
+                              sharded=sharded)

@@ -125,6 +125,16 @@ def write_checkpoint(folder: Path, index: VectorIndex, *, version: int, store_id
     return name
 
 
+def folder_bytes(folder: Path) -> int:
+    """What a collection's index folder takes on disk (0 when it has none yet)."""
+    total = 0
+    if folder.exists():
+        for p in folder.iterdir():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+    return total
+
+
 def jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
     """Index parameters as plain JSON values (numpy scalars converted, anything else dropped)."""
     out: dict[str, Any] = {}

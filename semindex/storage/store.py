@@ -46,6 +46,7 @@ from . import schema as s
 from .autoindex import (
     DEFAULT_TARGET_RECALL,
     BuildReport,
+    ShardedAdd,
     build_from_source,
     default_budget,
     outgrown,
@@ -53,6 +54,7 @@ from .autoindex import (
 )
 from .check import CheckReport
 from .checkpoint import (
+    folder_bytes,
     format_params,
     jsonable,
     load_checkpoint_index,
@@ -354,7 +356,7 @@ class CollectionStorage:
         return index, version
 
     def _build_report(
-        self, spec: str | None = None, *, target_recall: float | None = None
+        self, spec: str | None = None, *, target_recall: float | None = None, add_batches: ShardedAdd | None = None
     ) -> tuple[VectorIndex, int, BuildReport]:
         """Build from the stored embeddings (never re-encoding): train on a sample, stream every
         row in one snapshot, tune to the target recall. Returns the index and the version it reflects."""
@@ -368,6 +370,7 @@ class CollectionStorage:
             budget=self.memory_budget,
             device=self.index_device,
             refine_source=self.fetch_embeddings,
+            add_batches=add_batches,
         )
         self._attach(index)
         assert source.version is not None or len(index) == 0
@@ -731,19 +734,18 @@ class CollectionStorage:
         return len(ids)
 
     def reindex(
-        self,
-        spec: str | None = None,
-        *,
-        target_recall: float | None = None,
-        memory_budget: str | int | None = None,
-        device: str | None = None,
+        self, spec: str | None = None, *, target_recall: float | None = None, memory_budget: str | int | None = None,
+        device: str | None = None, add_batches: ShardedAdd | None = None,
     ) -> dict[str, Any]:
         """Rebuild the index from the stored embeddings (never re-encoding) and swap the checkpoint.
 
         ``spec``: auto, flat, hnsw, ivf, ivfpq, sq8, binary or a FAISS factory string (default: the current
         choice). The collection row records the choice and the tuning target; returns
         ``{"old": {...}, "new": {...}, "seconds": ..., "count": ...}``.
-        """
+
+        ``add_batches`` installs an IVF index filled elsewhere (Ray tasks: ``autoindex.ShardedAdd``) with
+        this build's sample, quantizer and tuning, its ids checked against the rows, through the atomic
+        checkpoint: a failure before the swap keeps the index in use. The report adds "sharded"."""
         spec = (spec or self.record.index_spec).strip()
         build_index(spec, self.dimension, self.record.metric)  # a bad spec fails before any work
         if target_recall is not None and not 0 < target_recall <= 1:
@@ -767,28 +769,25 @@ class CollectionStorage:
             self.record = self.storage.get_record(self.record.name) or self.record
         # Built outside the lock from one SQL snapshot: searches and writes go on meanwhile
         # (against the old index); the swap then replays whatever was committed since.
-        index, version, report = self._build_report(spec)
+        try:
+            index, version, report = self._build_report(spec, add_batches=add_batches)
+        except BaseException:  # the index in use stays, and is this generation's to checkpoint now
+            self.index.params["generation"] = config["generation"]
+            raise
         with self._lock:
             self.check_open()
             self.index, self.applied_version = index, version
             self.sync()
             self.checkpoint(force=True)
-            return {
-                "collection": self.record.name,
-                "old": old,
-                "new": {"type": index.spec, "policy": spec, "params": jsonable(index.params)},
-                "count": len(index),
-                "seconds": round(report.seconds, 3),
-                "reason": report.reason,
-            }
+            out = {"collection": self.record.name, "old": old,
+                   "new": {"type": index.spec, "policy": spec, "params": jsonable(index.params)},
+                   "count": len(index), "seconds": round(report.seconds, 3), "reason": report.reason}
+            if add_batches is not None:
+                out.update(sharded=report.sharded, timings={k: round(v, 3) for k, v in report.timings.items()})
+            return out
 
     def disk_bytes(self) -> int:
-        total = 0
-        if self.dir.exists():
-            for p in self.dir.iterdir():
-                with contextlib.suppress(OSError):
-                    total += p.stat().st_size
-        return total
+        return folder_bytes(self.dir)
 
 
 def _pairs(scores: np.ndarray, ids: np.ndarray) -> list[list[tuple[int, float]]]:

@@ -11,7 +11,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ...errors import IndexSpecError
+from ...errors import IndexSpecError, StorageError
 from .base import (
     DEFAULT_K_FACTOR,
     LOSSY,
@@ -110,6 +110,47 @@ class IVFIndex(_BaseIndex):
         self.params["trained_on"] = len(sample)
         self.params["built_for"] = int(n_total or len(sample))
         self.params.setdefault("nprobe", max(1, min(int(self.params["nlist"]), 8)))
+
+    def export_trained(self) -> Any:
+        """A copy of this trained, still empty index, without its DirectMap: what shard workers fill.
+
+        Every shard adds to the same frozen quantizer (and PQ codebooks), so the merged lists
+        equal one process's adds. The DirectMap is left out because FAISS cannot merge indexes
+        that carry one; :meth:`adopt` rebuilds it from the merged lists."""
+        if self.index is None or not self.index.is_trained:
+            raise StorageError(f"index {self.spec!r} is not trained yet: nothing to export")
+        if self.index.ntotal:
+            raise StorageError(f"index {self.spec!r} already holds {self.index.ntotal} vectors; export it empty")
+        copy = faiss.clone_index(self.index)
+        faiss.extract_index_ivf(copy).set_direct_map_type(faiss.DirectMap.NoMap)
+        return copy
+
+    def adopt(self, filled: Any) -> None:
+        """Take ``filled`` (built elsewhere from :meth:`export_trained`) as this index's contents.
+
+        Refused (StorageError) unless it is an IVF index of this dimension and metric over the
+        very same quantizer: an index trained on other data would search wrong cells silently."""
+        if self.index is None or not self.index.is_trained:
+            raise StorageError(f"index {self.spec!r} is not trained: there is no quantizer to check against")
+        try:
+            ivf = faiss.extract_index_ivf(filled)
+        except (RuntimeError, TypeError) as exc:
+            raise StorageError(f"a prebuilt index for {self.spec!r} must be an IVF index: {exc}") from exc
+        mine = faiss.extract_index_ivf(self.index)
+        if int(filled.d) != self.dimension or int(filled.metric_type) != int(self.index.metric_type):
+            raise StorageError(
+                f"prebuilt index has dimension {filled.d} and metric {filled.metric_type}, "
+                f"expected {self.dimension} and {self.index.metric_type}"
+            )
+        if int(ivf.nlist) != int(mine.nlist) or int(ivf.code_size) != int(mine.code_size) or not np.array_equal(
+            faiss.serialize_index(ivf.quantizer), faiss.serialize_index(mine.quantizer)
+        ):
+            raise StorageError("prebuilt index was not filled from this index's trained quantizer")
+        if self.kind == "ivf":
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # rebuilt from the merged lists
+        self.index = filled
+        self.mmapped = False
+        self._touched()
 
     def __len__(self) -> int:
         return 0 if self.index is None else int(self.index.ntotal)
