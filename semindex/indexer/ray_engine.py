@@ -26,11 +26,15 @@ The shape, and why:
   same transaction inserts the shard's row in ``semindex_run_shards``: a shard is committed
   exactly once, whatever crashes and retries happen around it.
 * **Vector index.** The coordinator's collection applies every committed shard to its
-  index as the local path does (flat / HNSW / IVF through the same code), and the normal
-  checkpoint is written when the store closes, so ``check`` and ``serve`` see an ordinary
-  collection. :mod:`semindex.indexer.sharded_ivf` builds an IVF index from shards in
-  parallel Ray tasks (train once, add per shard with global ids, merge); the store does not
-  install such an index as its checkpoint yet.
+  index as the local path does (flat / HNSW / IVF through the same code), so the store is
+  consistent at every commit. Once every shard is committed, an IVF / IVF-PQ collection's index
+  is rebuilt from the committed vectors with its adds in parallel Ray tasks
+  (:mod:`semindex.indexer.sharded_ivf`: the store's own sample, quantizer and tuning; each
+  task adds a slice of the stored (global id, vector) rows; the coordinator merges) and
+  installed through the store's reindex, i.e. the ordinary atomic checkpoint, so ``check``
+  and ``serve`` see an ordinary collection whose top-10 equals a local reindex's. A crash or a
+  failure before the install leaves the coordinator-built index in charge. Flat and HNSW stay
+  coordinator-built.
 
 Pitfalls handled by default (knobs in :class:`RayOptions`, documented in the README):
 the actor pool leaves one CPU free for the driver and Ray's own tasks; a local cluster gets
@@ -95,6 +99,10 @@ class RayOptions:
     default ``$SEMINDEX_RAY_ACTOR_SETUP``);
     it may return a callable ``f(shard_index)`` run before each shard (tests use it to
     kill an actor). ``keep_shards``: keep the run folder after a completed run.
+    ``shard_index``: after a run that committed something, an IVF / IVF-PQ collection's index is
+    rebuilt with its adds in Ray tasks of ``index_shard_rows`` vectors (see
+    :mod:`semindex.indexer.sharded_ivf`) and installed as its checkpoint; False keeps the
+    coordinator-built index.
     """
 
     address: str | None = None
@@ -108,6 +116,8 @@ class RayOptions:
     num_cpus: int | None = None
     actor_setup: str | None = field(default_factory=lambda: os.environ.get("SEMINDEX_RAY_ACTOR_SETUP") or None)
     keep_shards: bool = False
+    shard_index: bool = True
+    index_shard_rows: int = 50_000
 
 
 @dataclass
@@ -140,6 +150,7 @@ class RunReport:
     actors: int = 0
     gpus_per_actor: float = 0.0
     nodes: list[str] = field(default_factory=list)
+    index: dict[str, Any] | None = None  # the sharded IVF build's reindex report, when there was one
 
 
 def _reader_fields(reader: Mapping[str, Any]) -> Any:
@@ -736,6 +747,9 @@ def ray_index(
 
     hook = _ShardCommitHook(storage.id)
     storage.storage.hooks.append(hook)
+    session = contextlib.ExitStack()  # the Ray connection, if the run opens one: encode, then the index
+    version_before = storage.current_version()
+    ds: Any = None
     next_shard = 0
     order = [sh.index for sh in shards]
     commit_s = 0.0
@@ -759,68 +773,68 @@ def ray_index(
         commit_ready()
         if todo:
             t = time.perf_counter()
-            with ray_session(ray, opts):
-                timings["ray_start"] = time.perf_counter() - t
-                report.nodes = sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")})
-                res = ray.cluster_resources()
-                gpus = float(res.get("GPU", 0))
-                cpus = float(res.get("CPU", 1))
-                gpa = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
-                if gpa > gpus:
-                    raise ConfigError(f"--gpus-per-actor {gpa:g}: the cluster has {gpus:g} GPUs")
-                if opts.actors is not None:
-                    n_actors = opts.actors
-                elif gpa > 0:
-                    n_actors = max(1, int(gpus // gpa))
-                else:
-                    n_actors = max(1, int((cpus - 1) // max(opts.cpus_per_actor, 0.01)))
-                n_actors = min(n_actors, len(todo))
-                report.actors, report.gpus_per_actor = n_actors, gpa
-                known_ref = ray.put(_known_fingerprints(coll))
-                ctx = ray.data.DataContext.get_current()
-                ctx.execution_options.preserve_order = False
-                with contextlib.suppress(AttributeError):
-                    ctx.enable_progress_bars = False
-                with contextlib.suppress(AttributeError):
-                    ctx.print_on_execution_start = False
-                logging.getLogger("ray.data").setLevel(logging.WARNING)
-                ds = ray.data.from_items([sh.as_item() for sh in todo], override_num_blocks=len(todo))
-                ds = ds.map_batches(
-                    ShardEncoder,
-                    fn_constructor_kwargs={
-                        "model": coll.model, "reader": reader, "known": [known_ref],
-                        "batch_size": opts.batch_size, "normalize": bool(coll.record.normalize),
-                        "cpus": opts.cpus_per_actor, "setup": opts.actor_setup,
-                    },
-                    batch_size=1,
-                    batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=n_actors),
-                    num_cpus=opts.cpus_per_actor,
-                    num_gpus=gpa or None,
-                    udf_modifying_row_count=True,
-                )  # Ray Data restarts a dead actor and retries its shard (max_restarts=-1 by default)
-                parts: dict[int, list[Any]] = {}
-                t_first: float | None = None
-                t_enc = time.perf_counter()
-                for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    if t_first is None:
-                        t_first = time.perf_counter() - t_enc
-                    for k in sorted(set(table.column("shard").to_pylist())):
-                        import pyarrow.compute as pc
+            session.enter_context(ray_session(ray, opts))  # shut down in the finally below
+            timings["ray_start"] = time.perf_counter() - t
+            report.nodes = sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")})
+            res = ray.cluster_resources()
+            gpus = float(res.get("GPU", 0))
+            cpus = float(res.get("CPU", 1))
+            gpa = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+            if gpa > gpus:
+                raise ConfigError(f"--gpus-per-actor {gpa:g}: the cluster has {gpus:g} GPUs")
+            if opts.actors is not None:
+                n_actors = opts.actors
+            elif gpa > 0:
+                n_actors = max(1, int(gpus // gpa))
+            else:
+                n_actors = max(1, int((cpus - 1) // max(opts.cpus_per_actor, 0.01)))
+            n_actors = min(n_actors, len(todo))
+            report.actors, report.gpus_per_actor = n_actors, gpa
+            known_ref = ray.put(_known_fingerprints(coll))
+            ctx = ray.data.DataContext.get_current()
+            ctx.execution_options.preserve_order = False
+            with contextlib.suppress(AttributeError):
+                ctx.enable_progress_bars = False
+            with contextlib.suppress(AttributeError):
+                ctx.print_on_execution_start = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            ds = ray.data.from_items([sh.as_item() for sh in todo], override_num_blocks=len(todo))
+            ds = ds.map_batches(
+                ShardEncoder,
+                fn_constructor_kwargs={
+                    "model": coll.model, "reader": reader, "known": [known_ref],
+                    "batch_size": opts.batch_size, "normalize": bool(coll.record.normalize),
+                    "cpus": opts.cpus_per_actor, "setup": opts.actor_setup,
+                },
+                batch_size=1,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=n_actors),
+                num_cpus=opts.cpus_per_actor,
+                num_gpus=gpa or None,
+                udf_modifying_row_count=True,
+            )  # Ray Data restarts a dead actor and retries its shard (max_restarts=-1 by default)
+            parts: dict[int, list[Any]] = {}
+            t_first: float | None = None
+            t_enc = time.perf_counter()
+            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if t_first is None:
+                    t_first = time.perf_counter() - t_enc
+                for k in sorted(set(table.column("shard").to_pylist())):
+                    import pyarrow.compute as pc
 
-                        piece = table.filter(pc.equal(table.column("shard"), k))
-                        parts.setdefault(k, []).append(piece)
-                        got = sum(p.num_rows for p in parts[k])
-                        if got == int(piece.column("nrows")[0].as_py()):
-                            import pyarrow as pa
+                    piece = table.filter(pc.equal(table.column("shard"), k))
+                    parts.setdefault(k, []).append(piece)
+                    got = sum(p.num_rows for p in parts[k])
+                    if got == int(piece.column("nrows")[0].as_py()):
+                        import pyarrow as pa
 
-                            path = run_dir / f"shard-{k:06d}.parquet"
-                            _write_shard_file(pa.concat_tables(parts.pop(k)), path, run_id)
-                            ready[k] = path
-                            report.encoded += 1
-                    commit_ready()
-                timings["first_shard"] = t_first or 0.0
-                timings["encode_and_commit"] = time.perf_counter() - t_enc
+                        path = run_dir / f"shard-{k:06d}.parquet"
+                        _write_shard_file(pa.concat_tables(parts.pop(k)), path, run_id)
+                        ready[k] = path
+                        report.encoded += 1
+                commit_ready()
+            timings["first_shard"] = t_first or 0.0
+            timings["encode_and_commit"] = time.perf_counter() - t_enc
         commit_ready()
         if next_shard < len(order):
             raise StorageError(f"Ray run {run_id} ended with {len(order) - next_shard} shards not produced; re-run to resume")
@@ -833,14 +847,50 @@ def ray_index(
                     p.unlink()
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
+        ds = None  # Ray Data's actors go with their dataset: their CPUs are the index tasks' now
+        if opts.shard_index and storage.current_version() > version_before:
+            t = time.perf_counter()
+            report.index = _index_in_ray_tasks(ray, opts, storage, session, say)
+            if report.index is not None:
+                timings["index_build"] = time.perf_counter() - t
     finally:
         with contextlib.suppress(ValueError):
             storage.storage.hooks.remove(hook)
+        session.close()
         timings["commit"] = commit_s
         timings["total"] = time.perf_counter() - t0
         stats.seconds = timings["total"]
         report.seconds = {k: round(v, 4) for k, v in timings.items()}
     return report
+
+
+def _index_in_ray_tasks(
+    ray: Any, opts: RayOptions, storage: Any, session: contextlib.ExitStack, say: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """After the commits: rebuild an IVF / IVF-PQ collection's index with its adds in Ray tasks.
+
+    The coordinator's own index (built shard by shard as the local path does) stays in use and
+    checkpointed until the sharded one is installed, so any failure here costs only the speed-up:
+    it is reported as a warning, the run still succeeds, and ``check`` passes either way. Flat,
+    HNSW, SQ8 and binary collections are left as the coordinator built them (None).
+    """
+    from .sharded_ivf import builds_ivf, sharded_reindex
+
+    if not builds_ivf(storage):
+        return None
+    try:
+        if not ray.is_initialized():  # a resumed run with nothing left to encode
+            session.enter_context(ray_session(ray, opts))
+        rep = sharded_reindex(storage, ray, shard_rows=opts.index_shard_rows)
+    except Exception as exc:  # noqa: BLE001 - the rows are committed and the index in use is valid
+        say(f"warning: the sharded index build failed ({_first_line(exc)}); the coordinator-built index is kept")
+        log.warning("sharded IVF build failed", exc_info=True)
+        return None
+    if rep is not None:
+        params = rep["new"]["params"]
+        say(f"vector index: {rep['new']['type']} (nlist={params.get('nlist')}, nprobe={params.get('nprobe')}) "
+            f"over {rep['count']} vectors, added in {rep['parts']} Ray tasks, in {rep['seconds']:.1f} s")
+    return rep
 
 
 def _commit_shard(
