@@ -39,6 +39,7 @@ from .indexer.chunking import Chunker, ChunkSpec, chunker_for
 from .indexer.encoder import Encoder, SentenceTransformerEncoder, canonical_model_name, get_encoder
 from .indexer.pipeline import IngestStats, OnError, ingest, ingest_vectors, to_record
 from .indexer.readers import Record, detect_format, estimate_total, iter_records
+from .indexer.scale_cli import ray_index_builder as ray_index_builder  # import-vectors --engine ray
 from .indexer.scale_cli import scaled_index as scaled_index  # --devices / --engine ray (issue 12)
 from .indexer.truncated import check_truncation, truncated
 from .indexer.vector_files import VectorFile, load_query_vectors, open_vector_file
@@ -111,6 +112,7 @@ __all__ = [
     "open_vector_file",
     "parse_filter",
     "query_cache_stats",
+    "ray_index_builder",
     "read_queries",
     "set_model_threads",
 ]
@@ -375,6 +377,7 @@ class Store:
         index: str = "auto",
         progress: Callable[[int], None] | None = None,
         stats: VectorImportStats | None = None,
+        build_index: Callable[[CollectionStorage], dict[str, Any] | None] | None = None,
         **open_options: Any,
     ) -> VectorImportStats:
         """Upsert precomputed vectors from a ``.npy`` or Parquet file into collection ``name``.
@@ -386,6 +389,10 @@ class Store:
         file's dimension, ``metric`` and ``index``. Each batch is its own transaction:
         ``stats`` (pass one in to read it after an error) counts the rows committed, and
         ``progress`` is called with each batch's row count.
+
+        ``build_index``: called with the collection's storage once every row is committed, when
+        the import changed any (``--engine ray`` passes :func:`ray_index_builder`'s, which rebuilds
+        an IVF / IVF-PQ index with its adds in Ray tasks); its report lands in ``stats.sharded_index``.
         """
         vf = source if isinstance(source, VectorFile) else open_vector_file(source, **open_options)
         stats = stats if stats is not None else VectorImportStats(collection=name)
@@ -406,6 +413,8 @@ class Store:
             stats.rows += len(ids)
             if progress is not None:
                 progress(len(ids))
+        if build_index is not None and (stats.added or stats.updated):
+            stats.sharded_index = build_index(coll.storage)
         stats.index_after = coll.index_type
         stats.seconds = time.perf_counter() - start
         return stats
@@ -820,6 +829,7 @@ class VectorImportStats:
     seconds: float = 0.0
     index_before: str = ""
     index_after: str = ""  # differs from index_before when the auto policy moved on
+    sharded_index: dict[str, Any] | None = None  # the Ray-task IVF build's report (--engine ray), if one ran
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

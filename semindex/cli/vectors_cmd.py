@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -76,11 +77,16 @@ def reindex_command(
 @click.option("--metric", type=click.Choice(["cosine", "dot", "l2"]), default="cosine", show_default=True,
               help="For a new collection: how vectors compare (cosine normalises them).")
 @click.option("--index", "spec", default="auto", show_default=True, help="For a new collection: the index type.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: once the rows are committed, an IVF / IVF-PQ index is rebuilt with its adds in Ray "
+                   "tasks (pip install 'semindex[ray]'); other index types are built here either way.")
+@click.option("--ray-address", default=None,
+              help="Ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start one here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def import_vectors_command(
     file: Path, store_path: Path, db_url: str | None, collection: str, ids_file: Path | None,
     metadata_file: Path | None, id_column: str | None, vector_column: str | None, batch_size: int,
-    metric: str, spec: str, as_json: bool,
+    metric: str, spec: str, engine: str, ray_address: str | None, as_json: bool,
 ) -> None:
     """Import precomputed vectors from FILE (.npy, or Parquet with an id and a vector column).
 
@@ -92,26 +98,33 @@ def import_vectors_command(
     Examples:
       semindex import-vectors emb.npy --ids-file ids.txt -c papers
       semindex import-vectors emb.parquet --id-column doc_id -c papers
+      semindex import-vectors emb.npy -c papers --index ivfpq --engine ray
     """
-    from ..core import VectorImportStats, open_vector_file
+    from ..core import VectorImportStats, open_vector_file, ray_index_builder
 
-    # the file is checked (options, shape, row counts) before the store is opened or created
+    if ray_address is not None and engine != "ray":
+        raise click.UsageError("--ray-address needs --engine ray")
+    # the file is checked (options, shape, row counts) before the store is opened or created,
+    # and Ray (extra installed, cluster reachable) before any row is written
     vf = open_vector_file(file, ids_file=ids_file, metadata_file=metadata_file, id_column=id_column,
                           vector_column=vector_column, batch_size=batch_size)
-    store = open_store(store_path, db_url, must_exist=False)
-    start = time.perf_counter()
-    stats = VectorImportStats(collection=collection)
-    try:
-        progress, advance = progress_bar(vf.rows, "importing")
-        with progress:
-            try:
-                store.import_vectors(collection, vf, metric=metric, index=spec, progress=advance, stats=stats)
-            except (SemindexError, KeyboardInterrupt):
-                click.echo(f"stopped after {stats.rows} rows (those are committed)", err=True)
-                raise
-        info = store.get_collection(collection).info()
-    finally:
-        store.close()
+    with contextlib.ExitStack() as ray_session:
+        build = ray_session.enter_context(ray_index_builder(ray_address)) if engine == "ray" else None
+        store = open_store(store_path, db_url, must_exist=False)
+        start = time.perf_counter()
+        stats = VectorImportStats(collection=collection)
+        try:
+            progress, advance = progress_bar(vf.rows, "importing")
+            with progress:
+                try:
+                    store.import_vectors(collection, vf, metric=metric, index=spec, progress=advance, stats=stats,
+                                         build_index=build)
+                except (SemindexError, KeyboardInterrupt):
+                    click.echo(f"stopped after {stats.rows} rows (those are committed)", err=True)
+                    raise
+            info = store.get_collection(collection).info()
+        finally:
+            store.close()
     secs = time.perf_counter() - start
     row, created = stats.rows, stats.created
     summary = {

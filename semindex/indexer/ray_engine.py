@@ -893,6 +893,25 @@ def _index_in_ray_tasks(
     return rep
 
 
+@contextlib.contextmanager
+def ray_index_builder(
+    address: str | None = None, *, notify: Callable[[str], None] | None = None
+) -> Iterator[Callable[[Any], dict[str, Any] | None]]:
+    """A Ray connection held open for building IVF indexes in Ray tasks (``import-vectors --engine ray``).
+
+    Opened before any work, so a missing extra or an unreachable address fails (one line, exit 2)
+    before a row is written; yields ``build(collection_storage)``, which rebuilds an IVF / IVF-PQ
+    collection's index with its adds in Ray tasks and installs it (None for other families, or
+    when the sharded build failed and the index built while importing was kept).
+    """
+    ray = _import_ray()
+    opts = RayOptions(address=address)
+    say = notify or (lambda msg: print(msg, file=sys.stderr))
+    with contextlib.ExitStack() as session:
+        session.enter_context(ray_session(ray, opts))
+        yield lambda storage: _index_in_ray_tasks(ray, opts, storage, session, say)
+
+
 def _commit_shard(
     coll: Any,
     hook: _ShardCommitHook,

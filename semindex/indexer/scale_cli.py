@@ -7,7 +7,8 @@ fails with one clear line (a :class:`~semindex.errors.ConfigError`) before any w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,3 +60,13 @@ def scaled_index(
         shard_size=commit_every, resume=resume,
     )
     return ray_index(coll, sources, opts, reader=dict(reader), on_error=on_error, progress=progress, stats=stats)
+
+
+@contextlib.contextmanager
+def ray_index_builder(address: str | None = None) -> Iterator[Callable[[Any], dict[str, Any] | None]]:
+    """``import-vectors --engine ray``: see :func:`semindex.indexer.ray_engine.ray_index_builder`
+    (imported here lazily, so ``semindex.core`` does not load the Ray engine until it is used)."""
+    from .ray_engine import ray_index_builder as builder
+
+    with builder(address) as build:
+        yield build

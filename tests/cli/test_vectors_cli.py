@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from semindex.cli import cli
@@ -119,3 +120,20 @@ def test_reindex_to_the_quantized_types_and_search_them(tmp_path: Path) -> None:
                         "--store", store, "-c", "v"))
         assert [r["hits"][0]["id"] for r in res] == ["3", "300"]
         assert abs(res[0]["hits"][0]["score"] - 1.0) < 1e-5  # rescored: the real cosine
+
+
+def test_import_vectors_engine_ray_without_the_extra_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    np.save(tmp_path / "emb.npy", vecs(50))
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    res = CliRunner().invoke(cli, ["import-vectors", str(tmp_path / "emb.npy"), "--store", str(tmp_path / "s"),
+                                   "-c", "v", "--index", "ivf", "--engine", "ray"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == ["error: --engine ray needs Ray: pip install 'semindex[ray]' (ray[data] >= 2.40)"]
+    assert not (tmp_path / "s").exists()  # checked before the store is opened or created
+    res = CliRunner().invoke(cli, ["import-vectors", str(tmp_path / "emb.npy"), "--store", str(tmp_path / "s"),
+                                   "-c", "v", "--ray-address", "auto"])
+    assert res.exit_code == 2 and "--ray-address needs --engine ray" in res.output

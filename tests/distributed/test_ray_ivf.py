@@ -1,6 +1,7 @@
 """IVF / IVF-PQ indexes built in Ray tasks and installed as the checkpoint (issue 12, the vector index).
 
-A Ray run (``semindex index --engine ray``) on an IVF collection ends with the index rebuilt from the committed vectors, its adds in Ray tasks: the
+A Ray run (``semindex index --engine ray``) and ``import-vectors --engine ray`` on an IVF
+collection end with the index rebuilt from the committed vectors, its adds in Ray tasks: the
 result must be a local reindex's (same tuned params, same top-10), an ordinary checkpoint
 (`check` passes, a reopened store and the HTTP API serve it). Inside the loopback-only
 namespace, on the session cluster (see conftest.py).
@@ -8,7 +9,10 @@ namespace, on the session cluster (see conftest.py).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.distributed.test_ray_engine import QUERIES, corpus, top10
+from tests.support import REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -84,3 +89,52 @@ def test_ray_run_on_flat_leaves_the_coordinator_index(tmp_path: Path, ray_cluste
         report = ray_index(coll, [src], RayOptions(actors=1, shard_size=300), notify=lambda msg: None)
         assert report.index is None and "index_build" not in report.seconds
         assert coll.check().ok
+
+
+def _clustered(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((25, dim))
+    x = centers[rng.integers(0, 25, n)] + 0.4 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "semindex", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("spec", ["ivf", "ivfpq"])
+def test_import_vectors_engine_ray_equals_local(tmp_path: Path, ray_cluster: Any, spec: str) -> None:
+    import semindex
+
+    x = _clustered(6000)
+    np.save(tmp_path / "emb.npy", x)
+    address = ray_cluster.get_runtime_context().gcs_address
+    common = [str(tmp_path / "emb.npy"), "-c", "v", "--index", spec, "--batch-size", "1000", "--json"]
+    local = _cli("import-vectors", *common, "--store", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert _cli("reindex", "--store", str(tmp_path / "local"), "-c", "v").returncode == 0
+    ray = _cli("import-vectors", *common, "--store", str(tmp_path / "ray"), "--engine", "ray", "--ray-address", address)
+    assert ray.returncode == 0, ray.stderr[-3000:]
+    assert f"vector index: {spec}" in ray.stderr and "Ray tasks" in ray.stderr
+    out, ref = json.loads(ray.stdout), json.loads(local.stdout)
+    assert (out["rows"], out["added"], out["index_type"]) == (6000, 6000, spec)  # same summary fields as local
+    assert set(out) == set(ref)
+    q = _clustered(20, seed=4)
+    with semindex.Store(tmp_path / "local") as ls, semindex.Store(tmp_path / "ray") as rs:
+        lc, rc = ls.get_collection("v"), rs.get_collection("v")
+        assert rc.check().ok
+        drop = {"generation"}
+        assert {k: v for k, v in rc.info().index_params.items() if k not in drop} == {
+            k: v for k, v in lc.info().index_params.items() if k not in drop}
+        assert [[h.id for h in r] for r in rc.search_vectors(q, 10)] == [[h.id for h in r] for r in lc.search_vectors(q, 10)]
+
+
+def test_import_vectors_unreachable_ray_is_one_line_before_any_row(tmp_path: Path, ray_cluster: Any) -> None:
+    np.save(tmp_path / "emb.npy", _clustered(100))
+    proc = _cli("import-vectors", str(tmp_path / "emb.npy"), "--store", str(tmp_path / "s"), "-c", "v",
+                "--engine", "ray", "--ray-address", "127.0.0.1:9")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]
+    assert proc.stderr.strip().startswith("error: cannot reach the Ray cluster at 127.0.0.1:9")
+    assert not (tmp_path / "s").exists()
