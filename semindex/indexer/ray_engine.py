@@ -102,7 +102,8 @@ class RayOptions:
     ``shard_index``: after a run that committed something, an IVF / IVF-PQ collection's index is
     rebuilt with its adds in Ray tasks of ``index_shard_rows`` vectors (see
     :mod:`semindex.indexer.sharded_ivf`) and installed as its checkpoint; False keeps the
-    coordinator-built index.
+    coordinator-built index. ``pool_wait_s``: every actor is started (model loaded) before the
+    first shard is dispatched; a pool not up within this many seconds is an error, not a hang.
     """
 
     address: str | None = None
@@ -118,6 +119,7 @@ class RayOptions:
     keep_shards: bool = False
     shard_index: bool = True
     index_shard_rows: int = 50_000
+    pool_wait_s: float = 600.0
 
 
 @dataclass
@@ -356,6 +358,7 @@ def fingerprint(doc_id: str, content_hash: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+STARTED_KEY = b"semindex_started"  # schema metadata of an actor's output: when its call began (time.time())
 SHARD_SCHEMA_FIELDS = (
     "shard", "ord", "nrows", "kind", "doc_id", "text", "title", "metadata", "content_hash", "vector",
     "error", "source", "line",
@@ -463,6 +466,7 @@ class ShardEncoder:
     def __call__(self, batch: dict[str, Any]) -> Any:
         import pyarrow as pa
 
+        started = time.time()
         tables = []
         for i in range(len(batch["index"])):
             shard = {k: _py(v[i]) for k, v in batch.items()}
@@ -472,7 +476,9 @@ class ShardEncoder:
                 encode_shard(shard, self.reader, self.encoder, self.known,
                              batch_size=self.batch_size, normalize=self.normalize)
             )
-        return pa.concat_tables(tables)
+        # when this call started (wall clock), so the driver can time the run from the first
+        # shard an actor actually began, not from when the pool was asked for
+        return pa.concat_tables(tables).replace_schema_metadata({STARTED_KEY: repr(started)})
 
 
 def _py(value: Any) -> Any:
@@ -793,6 +799,9 @@ def ray_index(
             known_ref = ray.put(_known_fingerprints(coll))
             ctx = ray.data.DataContext.get_current()
             ctx.execution_options.preserve_order = False
+            # every actor constructed (model loaded) before the first shard is dispatched: start-up
+            # is not spread over the first shards, and an unplaceable pool fails instead of hanging
+            ctx.wait_for_min_actors_s = max(1, int(opts.pool_wait_s))
             with contextlib.suppress(AttributeError):
                 ctx.enable_progress_bars = False
             with contextlib.suppress(AttributeError):
@@ -815,10 +824,14 @@ def ray_index(
             )  # Ray Data restarts a dead actor and retries its shard (max_restarts=-1 by default)
             parts: dict[int, list[Any]] = {}
             t_first: float | None = None
+            first_began: float | None = None  # wall clock: the earliest shard start an actor reported
             t_enc = time.perf_counter()
-            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for table in _pool_errors(ray, ds.iter_batches(batch_size=None, batch_format="pyarrow"), opts, n_actors):
                 if t_first is None:
                     t_first = time.perf_counter() - t_enc
+                with contextlib.suppress(KeyError, TypeError, ValueError):  # a block without the stamp
+                    began = float((table.schema.metadata or {})[STARTED_KEY])
+                    first_began = began if first_began is None else min(first_began, began)
                 for k in sorted(set(table.column("shard").to_pylist())):
                     import pyarrow.compute as pc
 
@@ -835,6 +848,8 @@ def ray_index(
                 commit_ready()
             timings["first_shard"] = t_first or 0.0
             timings["encode_and_commit"] = time.perf_counter() - t_enc
+            if first_began is not None:  # the window from the first shard begun to the last one committed
+                timings["first_dispatch_to_last_commit"] = max(0.0, time.time() - first_began)
         commit_ready()
         if next_shard < len(order):
             raise StorageError(f"Ray run {run_id} ended with {len(order) - next_shard} shards not produced; re-run to resume")
@@ -862,6 +877,18 @@ def ray_index(
         stats.seconds = timings["total"]
         report.seconds = {k: round(v, 4) for k, v in timings.items()}
     return report
+
+
+def _pool_errors(ray: Any, batches: Iterator[Any], opts: RayOptions, n_actors: int) -> Iterator[Any]:
+    """``batches``, with Ray Data's timeout for an actor pool that never came up as one line."""
+    try:
+        yield from batches
+    except ray.exceptions.GetTimeoutError as exc:
+        raise RayEngineError(
+            f"the {n_actors} encoder actors did not all start within {opts.pool_wait_s:g} s: the cluster lacks "
+            f"the CPUs/GPUs for them ({opts.cpus_per_actor:g} CPU, {opts.gpus_per_actor or 0:g} GPU each); "
+            "use fewer --actors"
+        ) from exc
 
 
 def _index_in_ray_tasks(
