@@ -271,3 +271,17 @@ def test_sharded_ivf_build_in_ray_tasks(ray_cluster: Any) -> None:
     many = build_sharded(ids, x, "IVF50,Flat", parts=4, sample=2500, ray=ray_cluster)
     one.index.nprobe = many.index.nprobe = 10
     np.testing.assert_array_equal(one.index.search(x[:40], 10)[1], many.index.search(x[:40], 10)[1])
+
+
+def test_actor_pool_that_cannot_be_placed_is_one_error(tmp_path: Path, ray_cluster: Any) -> None:
+    import semindex
+    from semindex.indexer.ray_engine import RayEngineError, RayOptions, ray_index
+
+    src = corpus(tmp_path / "c.jsonl", 300)
+    with semindex.Store(tmp_path / "ray") as store:
+        coll = store.collection("c", model="hash")
+        t = time.perf_counter()
+        with pytest.raises(RayEngineError, match="did not all start within 5 s"):  # 3 x 1 CPU on a 2-CPU cluster
+            ray_index(coll, [src], RayOptions(actors=3, cpus_per_actor=1.0, shard_size=100, pool_wait_s=5))
+        assert time.perf_counter() - t < 120
+        assert coll.count() == 0
