@@ -149,3 +149,48 @@ def test_bad_or_failed_sharded_build_keeps_the_index_in_use(tmp_path: Path, faul
     assert c2.check().ok and c2.count() == N + 1
     assert top10(c2, q)[0][0][0] == before_hits[0][0][0]
     again.close()
+
+
+_KILLED_MID_BUILD = """
+import os, sys
+import semindex
+from semindex.indexer.sharded_ivf import ShardedAdder
+
+store = semindex.Store(sys.argv[1])
+coll = store.get_collection("v")
+adder = ShardedAdder(shard_rows=1000)
+
+def add_then_die(trained, batches):
+    adder(trained, batches)
+    os._exit(137)  # killed after the adds and the merge, before the store could install anything
+
+coll.storage.reindex(add_batches=add_then_die)
+"""
+
+
+def test_process_killed_during_a_sharded_build_leaves_a_valid_checkpoint(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    x = clustered(N)
+    q = clustered(10, seed=5)
+    store, coll = make(tmp_path / "s", "ivf", x)
+    coll.reindex()
+    before_hits = top10(coll, q)
+    before = _checkpoint_state(coll)
+    store.close()
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_BUILD, str(tmp_path / "s")], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    again = semindex.Store(tmp_path / "s")
+    c2 = again.get_collection("v")
+    assert _checkpoint_state(c2) == before  # the old checkpoint, untouched
+    assert c2.check().ok
+    assert top10(c2, q) == before_hits
+    rep = sharded_reindex(c2.storage, shard_rows=1000)  # and the next sharded build installs
+    assert rep is not None and rep["sharded"] and c2.check().ok
+    again.close()
