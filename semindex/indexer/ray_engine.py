@@ -202,23 +202,30 @@ def plan_shards(sources: Sequence[Path | str], reader: Mapping[str, Any], shard_
 
 
 def _jsonl_ranges(source: str, shard_size: int) -> Iterator[tuple[int, int, int]]:
-    """(byte start, byte end, first line) of consecutive runs of ``shard_size`` lines."""
+    """(byte start, byte end, first line) of consecutive runs of ``shard_size`` records.
+
+    Blank lines are carried along but not counted: the local path's commit batches are
+    ``--commit-every`` *records*, and a shard is one commit, so counting blank lines would cut
+    shards where local batches are not cut (and a batch holding an update gives the last
+    vector ids in another order than the local run's)."""
     try:
         fh = open(source, "rb")  # noqa: SIM115 - entered below, once opening errors are mapped
     except OSError as exc:
         raise ReadError(f"cannot open file: {exc.strerror or exc}", source=source) from exc
     with fh:
-        start, pos, line, lines_in, content = 0, 0, 1, 0, False
+        start, pos, line, lines_in, records, content = 0, 0, 1, 0, 0, False
         while True:
             raw = fh.readline()
             if not raw:
                 break
+            if raw.strip():
+                if records >= shard_size:  # a full shard ends before this record (blank lines stay in it)
+                    yield start, pos, line
+                    start, line, lines_in, records = pos, line + lines_in, 0, 0
+                records += 1
+                content = True
             pos += len(raw)
             lines_in += 1
-            content = content or bool(raw.strip())
-            if lines_in >= shard_size:
-                yield start, pos, line
-                start, line, lines_in = pos, line + lines_in, 0
         if lines_in:
             yield start, pos, line
     if not content:
@@ -498,27 +505,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class _ShardCommitHook:
-    """A storage write hook: inside the shard's write transaction, record the shard as committed.
-
-    The (run_id, shard) primary key makes a second commit of the same shard fail and roll back
-    its whole transaction, so even two coordinators racing cannot commit a shard twice.
-    """
-
-    def __init__(self, collection_id: int) -> None:
-        self.collection_id = collection_id
-        self.pending: dict[str, Any] | None = None
-
-    def on_write(self, conn: Any, coll: Any, upserted: Any, deleted_vids: Any) -> None:
-        cid = coll if isinstance(coll, int) else coll.id  # storage passes the collection or its id
-        if self.pending is not None and cid == self.collection_id:
-            conn.execute(run_shards_table.insert().values(**self.pending))
-            self.pending = None
-
-    def on_drop(self, conn: Any, collection_id: int) -> None:
-        """Nothing: the store drops a collection's runs itself."""
-
-
 # ---------------------------------------------------------------------------- the coordinator
 
 
@@ -596,8 +582,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+PLAN_VERSION = "records-2"  # JSONL shards count records, not lines (blank lines ride along)
+
+
 def _plan_hash(coll: Any, sources: Sequence[Path | str], reader: Mapping[str, Any], opts: RayOptions) -> str:
-    parts: list[Any] = [coll.record.name, coll.record.id, coll.model, opts.shard_size,
+    # PLAN_VERSION: how shards are cut; a run planned another way is not resumed as this one
+    parts: list[Any] = [PLAN_VERSION, coll.record.name, coll.record.id, coll.model, opts.shard_size,
                         {k: list(v) if isinstance(v, tuple) else v for k, v in reader.items()}]
     for src in sources:
         p = Path(src).resolve()
@@ -751,8 +741,6 @@ def ray_index(
         else:
             todo.append(sh)
 
-    hook = _ShardCommitHook(storage.id)
-    storage.storage.hooks.append(hook)
     session = contextlib.ExitStack()  # the Ray connection, if the run opens one: encode, then the index
     version_before = storage.current_version()
     ds: Any = None
@@ -770,7 +758,7 @@ def ray_index(
             if k not in ready:
                 return
             tc = time.perf_counter()
-            _commit_shard(coll, hook, run_id, k, ready[k], on_error, stats, progress)
+            _commit_shard(coll, run_id, k, ready[k], on_error, stats, progress)
             commit_s += time.perf_counter() - tc
             committed[k] = True
             next_shard += 1
@@ -869,8 +857,6 @@ def ray_index(
             if report.index is not None:
                 timings["index_build"] = time.perf_counter() - t
     finally:
-        with contextlib.suppress(ValueError):
-            storage.storage.hooks.remove(hook)
         session.close()
         timings["commit"] = commit_s
         timings["total"] = time.perf_counter() - t0
@@ -941,7 +927,6 @@ def ray_index_builder(
 
 def _commit_shard(
     coll: Any,
-    hook: _ShardCommitHook,
     run_id: str,
     k: int,
     path: Path,
@@ -979,31 +964,24 @@ def _commit_shard(
                 break
             errors.append(str(err))
     _encode_stale(coll, docs)
-    hook.pending = {
-        "run_id": run_id, "shard": k, "rows": len(rows) if error is None else 0, "added": 0, "updated": 0,
-        "unchanged": 0, "failed": failed if error is None else 0, "checksum": _file_sha(path),
-        "committed_at": _now(),
-    }
     if error is not None:
         # Commit the good records before the bad one, as the local path does, but do not
         # record the shard: after the line is fixed, a re-run plans anew (the file changed).
-        hook.pending = None
         if docs:
             stats.merge(coll.storage.write(docs))
         stats.failed += 1
         raise error
-    try:
-        res = coll.storage.write(docs)
-    finally:
-        hook.pending = None
-    # The counts are known only once the write has classified the rows; they are reporting
-    # (a resumed run's summary), not part of the exactly-once record, so a separate statement.
-    with coll.storage.engine.begin() as conn:
-        conn.execute(
-            sa.update(run_shards_table)
-            .where((run_shards_table.c.run_id == run_id) & (run_shards_table.c.shard == k))
-            .values(added=res.added, updated=res.updated, unchanged=res.unchanged)
-        )
+    checksum = _file_sha(path)
+
+    def record(conn: Any, res: Any) -> None:
+        """Inside the shard's write transaction, with its counts: the (run_id, shard) primary key
+        makes a second commit of the same shard fail and roll back whole, so even two coordinators
+        racing cannot commit a shard twice, and a resumed run's summary has every shard's counts."""
+        conn.execute(run_shards_table.insert().values(
+            run_id=run_id, shard=k, rows=len(rows), added=res.added, updated=res.updated,
+            unchanged=res.unchanged, failed=failed, checksum=checksum, committed_at=_now()))
+
+    res = coll.storage.write(docs, in_transaction=record)
     stats.merge(res)
     stats.ids.extend(res.ids)
     stats.failed += failed

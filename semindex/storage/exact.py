@@ -60,3 +60,11 @@ def top_k(
     if len(ids):
         acc.push(scores(queries, vectors, metric), ids)
     return acc.result()
+
+
+def pairs(scores: np.ndarray, ids: np.ndarray) -> list[list[tuple[int, float]]]:
+    """FAISS-shaped (scores, ids) rows as (id, score) lists, the padding ids (-1) dropped."""
+    return [
+        [(int(i), float(sc)) for i, sc in zip(row_ids, row_scores) if i >= 0]
+        for row_scores, row_ids in zip(scores, ids)
+    ]

@@ -24,7 +24,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -530,11 +530,11 @@ class CollectionStorage:
             if where is None:
                 kk = min(k, max(len(self.index), 1))
                 scores, ids = self.index.search(queries, kk)
-                results = _pairs(scores, ids)
+                results = exact.pairs(scores, ids)
                 short = [qi for qi, r in enumerate(results) if len(r) < min(kk, len(self.index))]
                 if short:  # an ANN probe that found too few (tiny IVF cells): search those exhaustively
                     scores, ids = self.index.search(queries[short], kk, exhaustive=True)
-                    for qi, r in zip(short, _pairs(scores, ids)):
+                    for qi, r in zip(short, exact.pairs(scores, ids)):
                         results[qi] = r
             else:
                 results = self._filtered_search(queries, k, where)
@@ -548,17 +548,17 @@ class CollectionStorage:
             cand = np.array(conn.execute(self.rows.matching_chunks(where)).scalars().all(), dtype=np.int64)
             if len(cand) == 0:
                 return [[] for _ in range(len(queries))]
-            exact = (
+            scan_exactly = (
                 len(cand) <= EXACT_MAX
                 or not getattr(self.index, "supports_selector", False)
                 # an ANN index searching a small subset visits mostly rejected nodes / cells
                 or (self.index.kind != "flat" and len(cand) < ANN_EXACT_FRACTION * len(self.index))
             )
-            if exact:
+            if scan_exactly:
                 return self._exact(conn, queries, cand, k)
         want = min(k, len(cand))
         scores, ids = self.index.search(queries, want, allowed=cand)
-        results = _pairs(scores, ids)
+        results = exact.pairs(scores, ids)
         short = [qi for qi, r in enumerate(results) if len(r) < want]
         if short:  # the ANN probe found fewer than k of the matches: score those queries exactly
             with self.engine.connect() as conn:
@@ -585,12 +585,14 @@ class CollectionStorage:
             if vids:
                 mat = decode_embeddings(blobs, self.dimension)
                 best.push(exact.scores(queries, mat, self.record.metric), np.array(vids, dtype=np.int64))
-        return _pairs(*best.result())
+        return exact.pairs(*best.result())
 
     # -- writes ---------------------------------------------------------------
 
-    def write(self, docs: Sequence[DocWrite], delete_ids: Sequence[str] = ()) -> WriteResult:
-        """Upsert ``docs`` and delete ``delete_ids`` in one transaction, then update the index."""
+    def write(self, docs: Sequence[DocWrite], delete_ids: Sequence[str] = (), *,
+              in_transaction: Callable[[Connection, WriteResult], None] | None = None) -> WriteResult:
+        """Upsert ``docs`` and delete ``delete_ids`` in one transaction, then update the index.
+        ``in_transaction`` runs last inside it, with the counts (a Ray shard's exactly-once record)."""
         self.check_open()
         result = WriteResult()
         # last one wins when an id repeats within a batch, and it counts once (as added or updated)
@@ -606,6 +608,8 @@ class CollectionStorage:
                 changed = write_rows(conn, self.id, version, by_id, delete_ids, utcnow(), result)
                 for hook in self.storage.hooks:
                     hook.on_write(conn, self.id, list(changed.upserted), changed.removed)
+                if in_transaction is not None:
+                    in_transaction(conn, result)
         except sa.exc.OperationalError as exc:
             raise storage_error(exc) from exc
         except sa.exc.IntegrityError as exc:
@@ -788,10 +792,3 @@ class CollectionStorage:
 
     def disk_bytes(self) -> int:
         return folder_bytes(self.dir)
-
-
-def _pairs(scores: np.ndarray, ids: np.ndarray) -> list[list[tuple[int, float]]]:
-    return [
-        [(int(i), float(sc)) for i, sc in zip(row_ids, row_scores) if i >= 0]
-        for row_scores, row_ids in zip(scores, ids)
-    ]
