@@ -64,6 +64,22 @@ def _module_lane(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _one_openmp_thread() -> Iterator[None]:
+    """FAISS runs on one OpenMP thread in the test's own thread (threads it starts keep the default).
+
+    The lanes run one pytest-xdist worker per core, so a second OpenMP thread per worker has no core
+    of its own: its team spins and waits instead of working (measured on 2 cores: the index-building
+    modules took half the CPU and a third of the wall time on one thread). Tests about the thread
+    count set their own and this puts the test's value back afterwards."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """No test sees the developer's store, database, device or model settings; fast tests get the fake."""
     for var in ("SEMINDEX_STORE", "SEMINDEX_DB_URL", "SEMINDEX_DEVICE", "SEMINDEX_API_KEY", "SEMINDEX_MODEL"):

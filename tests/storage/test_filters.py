@@ -273,9 +273,11 @@ FILTERS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture(params=["jsonb", "json", "text"])
+@pytest.fixture(scope="module", params=["jsonb", "json", "text"])
 def docs_table(request: pytest.FixtureRequest, engine: sa.Engine) -> Iterator[sa.Table]:
-    """DOCS in a table whose column is the documents-table JSON type, plain JSON, or JSON in TEXT."""
+    """DOCS in a table whose column is the documents-table JSON type, plain JSON, or JSON in TEXT.
+
+    One table per engine and column type for the module: the tests that take it only read it."""
     column_type: sa.types.TypeEngine[Any] = {"jsonb": JSON_TYPE, "json": sa.JSON(), "text": sa.Text()}[
         request.param
     ]
