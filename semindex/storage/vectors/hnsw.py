@@ -14,6 +14,7 @@ from .base import (
     HNSW_M,
     LOSSY,
     _BaseIndex,
+    _no_polysemous,
     _selector_keepalive,
     as_ids,
     as_vectors,
@@ -48,6 +49,8 @@ class HNSWIndex(_BaseIndex):
                 inner = faiss.IndexHNSWFlat(dimension, m, faiss_metric(metric))
             else:
                 inner = faiss.index_factory(dimension, spec, faiss_metric(metric))
+                if hasattr(inner, "storage"):  # HNSW over PQ codes: the PQ is the storage index
+                    _no_polysemous(inner.storage)
             inner.hnsw.efConstruction = int(self.params.get("efConstruction", HNSW_EF_CONSTRUCTION))
             index = faiss.IndexIDMap(inner)
         self.index = index
