@@ -163,6 +163,11 @@ def resolve_model_path(model: str | None) -> str:
 
 
 def choose_device(device: str | None = None) -> str:
+    if device and device != "auto":
+        if device not in ("cpu", "mps") and not device.startswith("cuda"):
+            raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+        if device == "cpu":
+            return device  # no torch import (seconds) to name the CPU or refuse a typo
     import torch
 
     if device and device != "auto":
@@ -170,8 +175,6 @@ def choose_device(device: str | None = None) -> str:
             raise ConfigError(f"device {device!r} requested but CUDA is not available")
         if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ConfigError("device 'mps' requested but MPS is not available")
-        if device not in ("cpu", "mps") and not device.startswith("cuda"):
-            raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
         return device
     if torch.cuda.is_available():
         return "cuda"
