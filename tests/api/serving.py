@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks import _serve
 from benchmarks._serve import free_port
-from tests.support import REPO, SAMPLE, run_cli
+from tests.support import REPO, SAMPLE, invoke_cli
 
 __all__ = ["KEY", "ServeProcess", "ThreadServer", "cli_store", "free_port", "wait_healthy"]
 
@@ -103,7 +103,9 @@ class ThreadServer:
 
 
 def cli_store(tmp_path: Path, *db_args: str) -> Path:
-    """A store built the way a user builds one: `semindex index samples/sample.jsonl` (plus e.g. --db URL)."""
+    """A store built the way a user builds one: `semindex index samples/sample.jsonl` (plus e.g. --db URL).
+
+    The command runs in process (tests.support.invoke_cli): the server under test is the process."""
     store = tmp_path / "cli-store"
-    run_cli("index", str(SAMPLE), "--store", str(store), *db_args, check=True)
+    invoke_cli("index", str(SAMPLE), "--store", str(store), *db_args, check=True)
     return store

@@ -17,7 +17,7 @@ import pytest
 
 import semindex
 from tests.api.serving import ServeProcess, free_port, wait_healthy
-from tests.support import REPO, SAMPLE, run_cli, sample_docs
+from tests.support import REPO, SAMPLE, invoke_cli, run_cli, sample_docs
 
 
 def _vec(i: int, dim: int = 8) -> list[float]:
@@ -60,14 +60,14 @@ def test_a_spec_that_can_never_work_is_422(tmp_path: Path, thread_server: Any, s
 
 def test_cli_refuses_a_bad_spec_in_one_line(tmp_path: Path) -> None:
     np.save(tmp_path / "v.npy", np.stack([_vec(i) for i in range(5)]).astype(np.float32))
-    proc = run_cli("import-vectors", str(tmp_path / "v.npy"), "--store", str(tmp_path / "s"), "-c", "v",
+    proc = invoke_cli("import-vectors", str(tmp_path / "v.npy"), "--store", str(tmp_path / "s"), "-c", "v",
                    "--index", "IVF0,Flat")
     assert proc.returncode == 2, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "IVF" in errors[0] and "Traceback" not in proc.stderr
-    run_cli("index", str(SAMPLE), "--store", str(tmp_path / "s"), check=True)
+    invoke_cli("index", str(SAMPLE), "--store", str(tmp_path / "s"), check=True)
     for spec in ("NSG32", "HNSW-1"):
-        proc = run_cli("reindex", "--store", str(tmp_path / "s"), "--index", spec)
+        proc = invoke_cli("reindex", "--store", str(tmp_path / "s"), "--index", spec)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 

@@ -17,7 +17,7 @@ import pytest
 from semindex.indexer.encoder import canonical_model_name
 from tests.api.serving import KEY, ServeProcess, cli_store
 from tests.conftest import BACKENDS, fresh_pg_database, pg_admin_url
-from tests.support import run_cli
+from tests.support import invoke_cli, run_cli
 
 LIMIT = 200_000  # --max-body-bytes of the server under test
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -369,9 +369,9 @@ def test_zz_sigterm_shuts_down_cleanly(served: ServeProcess) -> None:
     log = served.log()
     assert "store closed" in log and "shut down cleanly" in log
     db_args = served.db_args  # type: ignore[attr-defined]
-    check = run_cli("check", "--store", str(served.store), *db_args)
+    check = invoke_cli("check", "--store", str(served.store), *db_args)
     assert check.returncode == 0, check.stderr
-    assert "40" in run_cli("info", "--store", str(served.store), *db_args).stdout
+    assert "40" in invoke_cli("info", "--store", str(served.store), *db_args).stdout
 
 
 def test_refuses_a_public_host_without_a_key(tmp_path: Path) -> None:

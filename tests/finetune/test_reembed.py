@@ -12,7 +12,7 @@ import pytest
 import semindex
 from semindex import reembedding
 from semindex.errors import CollectionExistsError, InvalidInputError
-from tests.support import run_cli, sample_docs
+from tests.support import invoke_cli, sample_docs
 
 
 def _state(coll: Any) -> list[tuple[str, str, str | None, str]]:
@@ -87,12 +87,12 @@ def test_cli_reembed_into(tmp_path: Path) -> None:
     from tests.support import SAMPLE
 
     store = str(tmp_path / "s")
-    assert run_cli("index", str(SAMPLE), "--store", store, "-c", "notes", "--model", "hash:16").returncode == 0
-    proc = run_cli("reembed", "--store", store, "-c", "notes", "--model", "hash:256", "--into", "notes-256", "--json")
+    assert invoke_cli("index", str(SAMPLE), "--store", store, "-c", "notes", "--model", "hash:16").returncode == 0
+    proc = invoke_cli("reembed", "--store", store, "-c", "notes", "--model", "hash:256", "--into", "notes-256", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["count"] == 40 and out["target"] == "notes-256" and out["model"] == "hash:256"
-    proc = run_cli("search", "sourdough", "--store", store, "-c", "notes-256", "--json", "-k", "1")
+    proc = invoke_cli("search", "sourdough", "--store", store, "-c", "notes-256", "--json", "-k", "1")
     assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[0])["id"] == "cook-sourdough"
 
 
@@ -100,9 +100,9 @@ def test_cli_reembed_errors_in_one_line(tmp_path: Path) -> None:
     from tests.support import SAMPLE
 
     store = str(tmp_path / "s")
-    assert run_cli("index", str(SAMPLE), "--store", store, "-c", "notes", "--model", "hash:16").returncode == 0
+    assert invoke_cli("index", str(SAMPLE), "--store", store, "-c", "notes", "--model", "hash:16").returncode == 0
     for args, needle in ((["-c", "nope", "--into", "x"], "nope"), (["-c", "notes", "--into", "notes"], None)):
-        proc = run_cli("reembed", "--store", store, "--model", "hash:8", *args)
+        proc = invoke_cli("reembed", "--store", store, "--model", "hash:8", *args)
         if needle is None:
             continue
         lines = proc.stderr.strip().splitlines()

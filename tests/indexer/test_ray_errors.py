@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import SAMPLE, run_cli
+from tests.support import SAMPLE, invoke_cli
 
 
 def _coll(tmp_path: Path) -> Any:
@@ -56,5 +56,5 @@ def test_version_mismatch_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     ],
 )
 def test_bad_flag_combinations(tmp_path: Path, flags: list[str], message: str) -> None:
-    proc = run_cli("index", str(SAMPLE), "--store", str(tmp_path / "s"), "--model", "hash", *flags)
+    proc = invoke_cli("index", str(SAMPLE), "--store", str(tmp_path / "s"), "--model", "hash", *flags)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

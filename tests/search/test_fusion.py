@@ -76,13 +76,13 @@ def test_hybrid_convex_is_convex_of_dense_and_keyword(samples: Any) -> None:
 def test_cli_fusion_options(tmp_path: Any) -> None:
     import json
 
-    from tests.support import SAMPLE, run_cli
+    from tests.support import SAMPLE, invoke_cli
 
     store = str(tmp_path / "s")
-    assert run_cli("index", str(SAMPLE), "--store", store).returncode == 0
-    proc = run_cli("search", "compost nutrients", "--store", store, "--mode", "hybrid", "--fusion", "convex",
+    assert invoke_cli("index", str(SAMPLE), "--store", store).returncode == 0
+    proc = invoke_cli("search", "compost nutrients", "--store", store, "--mode", "hybrid", "--fusion", "convex",
                    "--alpha", "0.3", "--json", "-k", "3")
     assert proc.returncode == 0, proc.stderr
     assert len([json.loads(line) for line in proc.stdout.splitlines()]) == 3
-    proc = run_cli("search", "compost", "--store", store, "--mode", "hybrid", "--fusion", "convex", "--alpha", "3")
+    proc = invoke_cli("search", "compost", "--store", store, "--mode", "hybrid", "--fusion", "convex", "--alpha", "3")
     assert proc.returncode != 0 and "alpha" in proc.stderr.lower()
