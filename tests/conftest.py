@@ -46,6 +46,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+# How pytest-xdist (`--dist loadfile`, scripts/test.sh) hands out files, for a short wall time on 2 cores:
+# * the fast lane's torch users run on one worker, so torch, transformers and the session's tiny
+#   BERT are loaded once, not once per worker (seconds of CPU each);
+# * the files with the longest run times go first, so none of them starts last on one worker while
+#   the others have nothing left (the rest follow in xdist's order: most tests first).
+TORCH_FILES = ("tests/indexer/test_backends.py", "tests/indexer/test_matryoshka.py",
+               "tests/indexer/test_multidevice.py")
+LONG_FIRST = ("torch", "tests/storage/test_filters.py", "tests/api/test_read_timeouts.py",
+              "tests/storage/test_tuning_recall.py", "tests/api/test_deadlines.py", "tests/api/test_hardening.py",
+              "tests/api/test_serve.py", "tests/ui/test_page.py", "tests/storage/test_quantized.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):  # type: ignore[misc]
+        ordered = False
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = str(super()._split_scope(nodeid))
+            return "torch" if path in TORCH_FILES else path
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:  # the first call: the queue is complete, nothing is assigned yet
+                self.ordered = True
+                rank = {scope: i for i, scope in enumerate(LONG_FIRST)}
+                units = sorted(self.workqueue.items(), key=lambda kv: rank.get(kv[0], len(rank)))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    return Scheduling(config, log)
+
+
 def uses_real_model(node: pytest.Item | pytest.FixtureRequest) -> bool:
     """Slow tests are the real model's lane; the rest run on the fake encoder."""
     item = node.node if isinstance(node, pytest.FixtureRequest) else node
