@@ -11,7 +11,9 @@ encodes the same texts at the model's 256-token limit), on this machine's CPU:
 * semindex-<b>    - a ``semindex.Store`` collection on backend <b> (torch, openvino,
                     openvino-bf16, onnx-int8): ``Collection.add`` then ``Collection.search``;
 * chroma          - ``chromadb.PersistentClient`` with sentence-transformers' embedding function
-                    on the same model folder (Chroma's default ONNX MiniLM needs a download);
+                    on the same model folder;
+* chroma-default  - Chroma as it comes: its default ONNX Runtime MiniLM embedding function, on a
+                    model folder exported here from the same weights (Chroma would download it);
 * lancedb         - a LanceDB table with its sentence-transformers embedding function;
 * txtai           - ``txtai.Embeddings`` on the same model folder, content stored.
 
@@ -127,6 +129,69 @@ def chroma(docs: Docs, folder: Path) -> tuple[float, Callable[[str], list[str]]]
     return took, search
 
 
+CHROMA_ONNX_FILES = ("config.json", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "vocab.txt")
+
+
+def chroma_onnx_folder(folder: Path) -> Path:
+    """Chroma's default model folder (``onnx/``: model.onnx beside the tokenizer files), built here.
+
+    Chroma downloads it (an ONNX export of all-MiniLM-L6-v2 from Hugging Face) on first use; this
+    machine cannot, so the same weights from the local folder are exported the way that file was
+    made: the bare BertModel (``last_hidden_state`` out; Chroma mean-pools and normalises in numpy),
+    fp32, dynamic batch and sequence axes.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    out = folder / "chroma-onnx" / "onnx"
+    out.mkdir(parents=True)
+    src = Path(model_path())
+    for name in CHROMA_ONNX_FILES:
+        shutil.copy(src / name, out / name)
+    bert = AutoModel.from_pretrained(str(src)).eval()
+
+    class Bare(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.ones(1, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+    with torch.no_grad():
+        torch.onnx.export(Bare().eval(), (ids, ids, torch.zeros_like(ids)), str(out / "model.onnx"), input_names=names,
+                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=14, dynamo=False)
+    return out.parent
+
+
+def chroma_default(docs: Docs, folder: Path) -> tuple[float, Callable[[str], list[str]]]:
+    """Chroma as it comes: its default embedding function (ONNX Runtime MiniLM, every text padded
+    to 256 tokens), on the model folder :func:`chroma_onnx_folder` builds."""
+    import chromadb
+    from chromadb.utils.embedding_functions.onnx_mini_lm_l6_v2 import ONNXMiniLM_L6_V2
+
+    ONNXMiniLM_L6_V2.DOWNLOAD_PATH = chroma_onnx_folder(folder)  # where it looks before downloading
+    ef = ONNXMiniLM_L6_V2()
+    client = chromadb.PersistentClient(path=str(folder / "chroma"))
+    coll = client.create_collection("peers", embedding_function=ef, metadata={"hnsw:space": "cosine"})
+    t = time.perf_counter()
+    for lo in range(0, len(docs), 512):
+        part = docs[lo : lo + 512]
+        coll.add(ids=[d["id"] for d in part], documents=[d["text"] for d in part])
+    took = time.perf_counter() - t
+
+    def search(q: str) -> list[str]:
+        return list(coll.query(query_texts=[q], n_results=K)["ids"][0])
+
+    return took, search
+
+
 def lancedb_(docs: Docs, folder: Path) -> tuple[float, Callable[[str], list[str]]]:
     import lancedb
     from lancedb.embeddings import get_registry
@@ -172,10 +237,11 @@ SYSTEMS: dict[str, System] = {
     "semindex-openvino-bf16": semindex_on("openvino", "bf16"),
     "semindex-onnx-int8": semindex_on("onnx", "int8"),
     "chroma": chroma,
+    "chroma-default": chroma_default,
     "lancedb": lancedb_,
     "txtai": txtai_,
 }
-NEEDS = {"chroma": "chromadb", "lancedb": "lancedb", "txtai": "txtai"}
+NEEDS = {"chroma": "chromadb", "chroma-default": "chromadb", "lancedb": "lancedb", "txtai": "txtai"}
 
 
 def pct(xs: list[float], p: float) -> float:
