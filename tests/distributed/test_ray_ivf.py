@@ -31,10 +31,10 @@ N = 3000
 def test_ray_run_installs_a_sharded_ivf_equal_to_a_local_build(
     tmp_path: Path, ray_cluster: Any, ray_db: str | None, spec: str
 ) -> None:
-    """The reference is the local build from the same SQL rows. A separate local store is not: its
-    vectors are the same bytes per document, but where its commit batches (records) and the run's
-    shards (lines, blank ones included) are cut differently, a batch holding an update assigns the
-    last few vector ids in another order, so the seeded training sample picks other vectors."""
+    """The reference is the local build from the same SQL rows, which tests the install itself.
+    (Shards now count records as local commit batches do, so a separate local store with the same
+    --commit-every assigns the same vector ids; with another batch size, a batch holding an update
+    assigns the last few in another order, and the seeded training sample picks other vectors.)"""
     import semindex
     from semindex.indexer.pipeline import IngestStats
     from semindex.indexer.ray_engine import RayOptions, ray_index
