@@ -110,11 +110,17 @@ def semindex_on(backend: str, precision: str) -> System:
 
 
 def chroma(docs: Docs, folder: Path) -> tuple[float, Callable[[str], list[str]]]:
-    import chromadb
     from chromadb.utils import embedding_functions
 
     ef = embedding_functions.SentenceTransformerEmbeddingFunction(model_name=model_path(), device="cpu",
                                                                   normalize_embeddings=True)
+    return chroma_with(ef, docs, folder)
+
+
+def chroma_with(ef: Any, docs: Docs, folder: Path) -> tuple[float, Callable[[str], list[str]]]:
+    """A Chroma collection with embedding function ``ef``: ingest time and its search."""
+    import chromadb
+
     client = chromadb.PersistentClient(path=str(folder / "chroma"))
     coll = client.create_collection("peers", embedding_function=ef, metadata={"hnsw:space": "cosine"})
     t = time.perf_counter()
@@ -173,23 +179,10 @@ def chroma_onnx_folder(folder: Path) -> Path:
 def chroma_default(docs: Docs, folder: Path) -> tuple[float, Callable[[str], list[str]]]:
     """Chroma as it comes: its default embedding function (ONNX Runtime MiniLM, every text padded
     to 256 tokens), on the model folder :func:`chroma_onnx_folder` builds."""
-    import chromadb
     from chromadb.utils.embedding_functions.onnx_mini_lm_l6_v2 import ONNXMiniLM_L6_V2
 
     ONNXMiniLM_L6_V2.DOWNLOAD_PATH = chroma_onnx_folder(folder)  # where it looks before downloading
-    ef = ONNXMiniLM_L6_V2()
-    client = chromadb.PersistentClient(path=str(folder / "chroma"))
-    coll = client.create_collection("peers", embedding_function=ef, metadata={"hnsw:space": "cosine"})
-    t = time.perf_counter()
-    for lo in range(0, len(docs), 512):
-        part = docs[lo : lo + 512]
-        coll.add(ids=[d["id"] for d in part], documents=[d["text"] for d in part])
-    took = time.perf_counter() - t
-
-    def search(q: str) -> list[str]:
-        return list(coll.query(query_texts=[q], n_results=K)["ids"][0])
-
-    return took, search
+    return chroma_with(ONNXMiniLM_L6_V2(), docs, folder)
 
 
 def lancedb_(docs: Docs, folder: Path) -> tuple[float, Callable[[str], list[str]]]:
