@@ -61,10 +61,10 @@ def train_on_sample(vectors: np.ndarray, factory: str, metric: str, *, sample: i
     n = len(vectors)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+    from ..storage.vectors import no_polysemous
+
     index = faiss.index_factory(int(vectors.shape[1]), factory, _metric(metric))
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    if hasattr(ivf, "do_polysemous_training"):  # on by default for PQ, seconds per build, never used
-        ivf.do_polysemous_training = False
+    no_polysemous(faiss.extract_index_ivf(index))
     index.train(np.ascontiguousarray(vectors[pick], dtype=np.float32))
     return index
 
@@ -73,24 +73,35 @@ def add_part(trained_blob: bytes, ids: np.ndarray, vectors: np.ndarray) -> bytes
     """One shard: the trained empty index plus this shard's vectors under their global ids."""
     import faiss
 
-    index = faiss.deserialize_index(np.frombuffer(trained_blob, dtype=np.uint8))
+    index = _load(trained_blob)
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
     return bytes(faiss.serialize_index(index))
 
 
 def merge_parts(blobs: Sequence[bytes]) -> Any:
     """Merge shard indexes into the first (inverted lists concatenated, ids kept as they are)."""
-    import faiss
 
     if not blobs:
         raise ConfigError("nothing to merge")
-    base = faiss.deserialize_index(np.frombuffer(blobs[0], dtype=np.uint8))
-    ivf = faiss.extract_index_ivf(base)
+    base = _load(blobs[0])
     for blob in blobs[1:]:
-        other = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-        ivf.merge_from(faiss.extract_index_ivf(other), 0)
-        base.ntotal = ivf.ntotal
+        merge_into(base, _load(blob))
     return base
+
+
+def _load(blob: bytes) -> Any:
+    import faiss
+
+    return faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+
+
+def merge_into(base: Any, part: Any) -> None:
+    """Append ``part``'s inverted lists to ``base``'s (ids kept as they are; same quantizer)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(base)
+    ivf.merge_from(faiss.extract_index_ivf(part), 0)
+    base.ntotal = ivf.ntotal
 
 
 def build_sharded(
@@ -202,14 +213,11 @@ class ShardedAdder:
         def take(result: tuple[bytes, int, int]) -> None:
             part, pid, rss = result
             self.worker_rss_kib[pid] = max(self.worker_rss_kib.get(pid, 0), rss)
-            index = faiss.deserialize_index(np.frombuffer(part, dtype=np.uint8))
-            if not merged:
+            index = _load(part)
+            if merged:
+                merge_into(merged[0], index)
+            else:
                 merged.append(index)
-                return
-            base = merged[0]
-            ivf = faiss.extract_index_ivf(base)
-            ivf.merge_from(faiss.extract_index_ivf(index), 0)
-            base.ntotal = ivf.ntotal
 
         def dispatch(ids: np.ndarray, vecs: np.ndarray) -> None:
             self.parts += 1

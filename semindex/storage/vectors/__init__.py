@@ -35,6 +35,7 @@ from .base import (
     default_nlist,
     faiss_metric,
     gpu_available,
+    no_polysemous,
     parse_bytes,
     pq_subquantizers,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "gpu_available",
     "load_index",
     "min_training_points",
+    "no_polysemous",
     "parse_bytes",
     "pq_subquantizers",
     "spec_kind",

@@ -110,7 +110,7 @@ def _bad_factory(spec: str, exc: Exception) -> str:
             "factory string such as 'IVF256,PQ32'")
 
 
-def _no_polysemous(index: Any) -> None:
+def no_polysemous(index: Any) -> None:
     """Polysemous training (on by default for PQ) costs ~10 s per PQ and semindex never uses it."""
     index = faiss.downcast_index(index) if hasattr(index, "this") else index
     if hasattr(index, "do_polysemous_training"):

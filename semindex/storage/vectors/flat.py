@@ -9,7 +9,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .base import DEFAULT_K_FACTOR, LOSSY, _BaseIndex, _no_polysemous, as_ids, as_vectors, faiss_metric
+from .base import DEFAULT_K_FACTOR, LOSSY, _BaseIndex, as_ids, as_vectors, faiss_metric, no_polysemous
 
 _FACTORY = {"sq8": "SQ8"}  # named kinds that are a FAISS factory string underneath
 
@@ -51,7 +51,7 @@ class FlatIndex(_BaseIndex):
                 index = faiss.IndexIDMap2(base)
             else:
                 index = faiss.index_factory(dimension, "IDMap2," + _FACTORY.get(spec, spec), faiss_metric(metric))
-                _no_polysemous(faiss.downcast_index(index.index))
+                no_polysemous(faiss.downcast_index(index.index))
         self.index = index
         if spec not in ("flat", "sq8"):
             self.supports_selector = False  # IndexPQ & co. reject SearchParameters (SQ takes them)

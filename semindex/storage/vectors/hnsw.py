@@ -14,11 +14,11 @@ from .base import (
     HNSW_M,
     LOSSY,
     _BaseIndex,
-    _no_polysemous,
     _selector_keepalive,
     as_ids,
     as_vectors,
     faiss_metric,
+    no_polysemous,
 )
 
 
@@ -50,7 +50,7 @@ class HNSWIndex(_BaseIndex):
             else:
                 inner = faiss.index_factory(dimension, spec, faiss_metric(metric))
                 if hasattr(inner, "storage"):  # HNSW over PQ codes: the PQ is the storage index
-                    _no_polysemous(inner.storage)
+                    no_polysemous(inner.storage)
             inner.hnsw.efConstruction = int(self.params.get("efConstruction", HNSW_EF_CONSTRUCTION))
             index = faiss.IndexIDMap(inner)
         self.index = index

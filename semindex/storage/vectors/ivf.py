@@ -17,12 +17,12 @@ from .base import (
     LOSSY,
     _bad_factory,
     _BaseIndex,
-    _no_polysemous,
     as_ids,
     as_vectors,
     default_nlist,
     faiss_metric,
     gpu_available,
+    no_polysemous,
     pq_subquantizers,
 )
 
@@ -85,7 +85,7 @@ class IVFIndex(_BaseIndex):
             raise IndexSpecError(f"factory string {self.spec!r} is not an IVF index") from exc
         if self.kind == "ivf":
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        _no_polysemous(ivf)
+        no_polysemous(ivf)
         self.index = index
         self.params["nlist"] = int(ivf.nlist)
 
