@@ -25,6 +25,7 @@ import argparse
 import gzip
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -213,7 +214,7 @@ def main() -> None:
         inner = (
             "set -e; ip link set lo up; d=$(mktemp -d); rmdir $d; "
             f"if out=$(bash {REPO}/scripts/pg.sh start $d 2>/dev/null); then eval \"$out\"; fi; "
-            f"SEMINDEX_NETNS=1 {sys.executable} {Path(__file__).resolve()} {' '.join(map(_q, sys.argv[1:]))}; "
+            f"SEMINDEX_NETNS=1 {sys.executable} {Path(__file__).resolve()} {shlex.join(sys.argv[1:])}; "
             f"rc=$?; bash {REPO}/scripts/pg.sh stop $d >/dev/null 2>&1 || true; exit $rc"
         )
         env = {k: v for k, v in os.environ.items() if k != "SEMINDEX_TEST_PG_URL"}
@@ -232,12 +233,6 @@ def main() -> None:
             part_docs(work, args.docs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _q(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -140,8 +141,8 @@ def main() -> None:
         child(args.child, Path(args.work), args)
         return
     if os.environ.get("SEMINDEX_NETNS") != "1":
-        inner = f"set -e; ip link set lo up; SEMINDEX_NETNS=1 exec {sys.executable} {Path(__file__).resolve()} " + " ".join(
-            _q(a) for a in sys.argv[1:])
+        inner = (f"set -e; ip link set lo up; SEMINDEX_NETNS=1 exec {sys.executable} {Path(__file__).resolve()} "
+                 + shlex.join(sys.argv[1:]))
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         sys.exit(subprocess.call(["unshare", "-n", "bash", "-c", inner], env=env))
     import faiss
@@ -187,12 +188,6 @@ def main() -> None:
               f"recall@10 difference {p['recall@10'] - s['recall@10']:+.4f}; identical top-10 lists: {same}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _q(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 if __name__ == "__main__":
