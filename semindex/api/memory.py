@@ -84,8 +84,7 @@ class Trimmer:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.libc.malloc_trim(0)
-            self.trims += 1
+            self.trim_now()
 
     def trim_now(self) -> None:
         self.libc.malloc_trim(0)

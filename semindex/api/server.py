@@ -141,37 +141,24 @@ class ReadTimeoutH11Protocol(H11Protocol):
             # the app is parked on receive(): tell it the client is gone (its sends become no-ops)
             cycle.disconnected = True
             cycle.message_event.set()
-            self._send_408(seconds)
+            transport.write(self._response_408(what, seconds))
         elif what == "head" and self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
             # part of a head came: say why the connection closes (one that sent nothing gets
-            # nothing, as an idle keep-alive close). h11 sends no response before a request
-            # exists, so the bytes are written directly; the connection closes right after.
-            transport.write(self._raw_408(seconds))
+            # nothing, as an idle keep-alive close)
+            transport.write(self._response_408(what, seconds))
         transport.close()
 
     @staticmethod
-    def _timeout_body(what: _Waiting, seconds: float) -> bytes:
+    def _response_408(what: _Waiting, seconds: float) -> bytes:
+        """The 408 as bytes, written past h11: it sends nothing before a request head exists, and
+        the connection closes right after either way, so h11's state no longer matters."""
         flag = "--body-timeout" if what == "body" else "--header-timeout"
-        return json.dumps({
+        body = json.dumps({
             "error": "request_timeout",
             "detail": f"the request {what} did not arrive within {seconds:g} s (serve {flag})",
         }).encode("utf-8")
-
-    def _raw_408(self, seconds: float) -> bytes:
-        body = self._timeout_body("head", seconds)
         return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
-
-    def _send_408(self, seconds: float) -> None:
-        body = self._timeout_body("body", seconds)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        try:
-            for event in (h11.Response(status_code=408, headers=headers, reason=b"Request Timeout"),
-                          h11.Data(data=body), h11.EndOfMessage()):
-                self.transport.write(self.conn.send(event) or b"")
-        except h11.LocalProtocolError:  # h11 will not send one in this state: closing says enough
-            pass
 
 
 def timeout_protocol(header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
