@@ -466,25 +466,22 @@ def build_from_source(
                          metric, groups=np.repeat([0, 1], len(qids)))
     t = time.perf_counter()
 
-    def feed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    sharded = add_batches is not None and isinstance(index, IVFIndex) and index.is_trained and not len(index)
+    streamed: list[np.ndarray] = []  # the ids handed to a sharded add step, to check its result
+
+    def feed() -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
         for ids, vecs in source.iter_batches():
             if gt is not None:
                 gt.update(ids, vecs)
             if on_batch is not None:
                 on_batch(ids, vecs)
+            if sharded:
+                streamed.append(ids)
             yield ids, vecs
 
-    sharded = add_batches is not None and isinstance(index, IVFIndex) and index.is_trained and not len(index)
     if sharded:
         assert add_batches is not None and isinstance(index, IVFIndex)
-        streamed: list[np.ndarray] = []
-
-        def counted() -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
-            for ids, vecs in feed():
-                streamed.append(ids)
-                yield ids, vecs
-
-        stream = counted()
+        stream = feed()
         try:
             index.adopt(add_batches(index.export_trained(), stream))
         finally:

@@ -776,7 +776,8 @@ class CollectionStorage:
         try:
             index, version, report = self._build_report(spec, add_batches=add_batches)
         except BaseException:  # the index in use stays, and is this generation's to checkpoint now
-            self.index.params["generation"] = config["generation"]
+            with self._lock:
+                self.index.params["generation"] = config["generation"]
             raise
         with self._lock:
             self.check_open()
