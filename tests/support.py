@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,3 +77,15 @@ def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict[str
     if check and proc.returncode != 0:
         raise AssertionError(f"semindex {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def clustered(n: int, *, dim: int, clusters: int, spread: float, seed: int = 0) -> np.ndarray:
+    """``n`` unit vectors from a seeded Gaussian mixture: ``clusters`` centres, noise ``spread``.
+
+    What the index tests search: clustered like embeddings, so IVF cells and HNSW graphs have
+    structure, and the same for a given seed on every run."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim))
+    x = centers[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)

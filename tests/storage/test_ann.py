@@ -3,7 +3,6 @@ the auto policy and growth, tuning, checkpoints of other types, memory-mapped lo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -15,26 +14,15 @@ from semindex.storage import autoindex
 from semindex.storage import store as store_mod
 from semindex.storage.checkpoint import read_manifest
 from semindex.storage.vectors import IVFIndex, build_index, load_index
+from tests import support
 
 DIM = 32
 N = 3000
 TYPES = ["flat", "hnsw", "ivf", "ivfpq", "sq8", "binary", "IVF16,PQ8", "HNSW16", "PQ8"]
 
 
-def clustered(n: int, seed: int = 0, dim: int = DIM, clusters: int = 40) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, dim))
-    x = centers[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, dim))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # small builds; OpenMP spinning on a shared box only slows them
-    yield
-    faiss.omp_set_num_threads(before)
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    return support.clustered(n, dim=DIM, clusters=40, spread=0.35, seed=seed)
 
 
 def fill(store: semindex.Store, spec: str, n: int = N, name: str = "v") -> tuple[semindex.Collection, np.ndarray]:

@@ -13,16 +13,13 @@ import pytest
 import semindex
 from semindex.storage import recall_monitor
 from semindex.storage.recall_monitor import RecallMonitor, raise_knob
+from tests import support
 
 DIM = 32
 
 
 def clustered(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((40, DIM))
-    x = centers[rng.integers(0, 40, n)] + 0.6 * rng.standard_normal((n, DIM))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
+    return support.clustered(n, dim=DIM, clusters=40, spread=0.6, seed=seed)
 
 
 @pytest.fixture

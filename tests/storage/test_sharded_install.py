@@ -21,25 +21,14 @@ import semindex
 from semindex.errors import StorageError
 from semindex.indexer.sharded_ivf import ShardedAdder, builds_ivf, sharded_reindex
 from semindex.storage.checkpoint import read_manifest
+from tests import support
 
 DIM = 32
 N = 4000
 
 
-def clustered(n: int, seed: int = 0, clusters: int = 30) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, DIM))
-    x = centers[rng.integers(0, clusters, n)] + 0.4 * rng.standard_normal((n, DIM))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    return support.clustered(n, dim=DIM, clusters=30, spread=0.4, seed=seed)
 
 
 def make(path: Path, spec: str, x: np.ndarray) -> tuple[semindex.Store, semindex.Collection]:
@@ -101,14 +90,20 @@ def _checkpoint_state(coll: semindex.Collection) -> tuple[Any, bytes]:
     return m, (coll.storage.dir / m.file).read_bytes()
 
 
-@pytest.mark.parametrize("fault", ["drops_a_shard", "other_quantizer", "wrong_dimension", "crash"])
-def test_bad_or_failed_sharded_build_keeps_the_index_in_use(tmp_path: Path, fault: str) -> None:
+def _checkpointed_ivf(path: Path) -> tuple[np.ndarray, np.ndarray, semindex.Store, semindex.Collection,
+                                           list[list[tuple[str, float]]], tuple[Any, bytes]]:
+    """An IVF collection of N vectors reindexed and checkpointed: (vectors, queries, store,
+    collection, its top-10 for the queries, its checkpoint's manifest and bytes)."""
     x = clustered(N)
     q = clustered(10, seed=5)
-    store, coll = make(tmp_path / "s", "ivf", x)
+    store, coll = make(path, "ivf", x)
     coll.reindex()
-    before_hits = top10(coll, q)
-    before = _checkpoint_state(coll)
+    return x, q, store, coll, top10(coll, q), _checkpoint_state(coll)
+
+
+@pytest.mark.parametrize("fault", ["drops_a_shard", "other_quantizer", "wrong_dimension", "crash"])
+def test_bad_or_failed_sharded_build_keeps_the_index_in_use(tmp_path: Path, fault: str) -> None:
+    x, q, store, coll, before_hits, before = _checkpointed_ivf(tmp_path / "s")
 
     def bad(trained: Any, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> Any:
         parts = list(batches)
@@ -175,12 +170,7 @@ def test_process_killed_during_a_sharded_build_leaves_a_valid_checkpoint(tmp_pat
 
     from tests.support import REPO
 
-    x = clustered(N)
-    q = clustered(10, seed=5)
-    store, coll = make(tmp_path / "s", "ivf", x)
-    coll.reindex()
-    before_hits = top10(coll, q)
-    before = _checkpoint_state(coll)
+    _, q, store, _, before_hits, before = _checkpointed_ivf(tmp_path / "s")
     store.close()
     proc = subprocess.run([sys.executable, "-c", _KILLED_MID_BUILD, str(tmp_path / "s")], cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
