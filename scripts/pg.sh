@@ -9,7 +9,8 @@
 # Works as root (the cluster runs as the 'postgres' user, which initdb requires) or as an
 # ordinary user (the cluster runs as that user). Nothing listens anywhere but 127.0.0.1, and
 # authentication is 'trust' for local connections only: it is a test cluster, not a server.
-# fsync is off: the tests kill clients, never this server, and it makes a 2-core box faster.
+# fsync is off (and initdb does not sync): the tests kill clients, never this server, and it makes a
+# 2-core box faster.
 set -euo pipefail
 
 DB_NAME=${SEMINDEX_PG_DB:-semindex_test}
@@ -80,8 +81,8 @@ start() {
     user=postgres
   fi
   chmod 700 "$dir"
-  as_owner "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
-    || as_owner "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 \
+  as_owner "$bin/initdb" -N -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+    || as_owner "$bin/initdb" -N -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
   local port tries=0
   while :; do

@@ -10,6 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
+# Bytecode caches on, whatever the environment says: with PYTHONDONTWRITEBYTECODE set (this image
+# sets it), every pytest worker re-parses and re-rewrites the ~560 modules of the pytest plugins'
+# distributions and every `semindex` subprocess recompiles the package: seconds per run. The
+# caches land in __pycache__ folders, which git ignores.
+unset PYTHONDONTWRITEBYTECODE
 
 if [ -z "${SEMINDEX_TEST_PG_URL:-}" ] && [ "${SEMINDEX_TEST_PG:-}" != skip ]; then
   PGDIR=$(mktemp -d /tmp/semindex-test-pg.XXXXXX)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,13 +37,18 @@ SLOW_LANE = (
     "tests/search/test_rerank.py",  # cross-encoders: torch
     "tests/storage/test_filters.py::test_property_sql_equals_matches",
     "tests/storage/test_ann.py::test_upsert_delete_filter_and_reopen_on_every_type",
+    "tests/indexer/test_multidevice.py::test_bad_devices_are_one_line[flags1-",  # asks torch for CUDA
 )
+# The fast lane never loads torch: a test that needs one of these (random-weight BERTs saved with
+# transformers, so torch, transformers and sentence-transformers: seconds of CPU per worker) is in
+# the slow lane. `_fast_lane_loads_no_torch` below fails a fast test that loads torch any other way.
+TORCH_FIXTURES = frozenset({"tiny_bert", "tiny_cross_encoder"})
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.nodeid.startswith(SLOW_LANE):
+        if item.nodeid.startswith(SLOW_LANE) or TORCH_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -98,6 +104,45 @@ def _module_lane(request: pytest.FixtureRequest) -> Iterator[None]:
         if request.node.get_closest_marker("slow") is None:
             mp.setenv("SEMINDEX_MODEL", FAKE_MODEL)
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fast_lane_loads_no_torch(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A fast test that imports torch into the worker fails, naming itself: the lane's speed rests on
+    never paying for torch (mark the test slow, or keep torch out of the code path it tests)."""
+    had = "torch" in sys.modules
+    yield
+    if not had and "torch" in sys.modules and not uses_real_model(request):
+        pytest.fail(f"{request.node.nodeid} loaded torch in the fast lane: mark it slow", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_tls_context() -> Iterator[None]:
+    """httpx clients in the tests share one TLS context per set of arguments.
+
+    Every ``httpx.Client`` (and so every ``httpx.get``) builds an SSL context and parses certifi's CA
+    bundle, about 20 ms, 160 ms for 8 threads at once, although the tests only speak plain HTTP to
+    127.0.0.1: 251 clients cost 9 s of the fast lane's worker time. Nothing here uses TLS, so
+    sharing a context changes no behaviour under test; an httpx without this function keeps its own."""
+    import functools
+
+    from httpx._transports import default
+
+    original = getattr(default, "create_ssl_context", None)
+    if original is None:
+        yield
+        return
+    cached = functools.lru_cache(maxsize=16)(original)
+
+    def shared(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        try:
+            return cached(verify=verify, cert=cert, trust_env=trust_env)
+        except TypeError:  # an unhashable argument: build it as httpx would
+            return original(verify=verify, cert=cert, trust_env=trust_env)
+
+    default.create_ssl_context = shared
+    yield
+    default.create_ssl_context = original
 
 
 @pytest.fixture(autouse=True)

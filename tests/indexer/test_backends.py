@@ -68,6 +68,7 @@ def test_onnx_int8_close_to_torch(tiny_bert: Path) -> None:
     assert cos.mean() >= 0.95  # random tiny weights; the real model is held to 0.98 (slow test)
 
 
+@pytest.mark.slow  # an OpenVINO conversion, like the fp32 export above: seconds of CPU
 @pytest.mark.skipif(not HAVE["openvino"], reason="openvino not installed (pip install 'semindex[openvino]')")
 def test_openvino_bf16_close_to_torch(tiny_bert: Path) -> None:
     enc = encoder_mod.get_encoder(str(tiny_bert), "cpu", backend="openvino", precision="bf16")

@@ -24,7 +24,7 @@ from semindex.storage.checkpoint import read_manifest
 from tests import support
 
 DIM = 32
-N = 4000
+N = 2000
 
 
 def clustered(n: int, seed: int = 0) -> np.ndarray:
