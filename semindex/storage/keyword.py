@@ -338,15 +338,20 @@ class KeywordIndex:
         filter: Mapping[str, Any] | None = None,
         *,
         weights: tuple[float, float] | None = None,
+        exhaustive: bool = False,
     ) -> list[list[tuple[int, float]]]:
         """Top ``k`` (chunk id, score) per query, best first; only chunks of documents matching
-        ``filter``; ties by chunk id."""
+        ``filter``; ties by chunk id. ``exhaustive``: on PostgreSQL, score every matching chunk
+        instead of pruning (the same answer, slower: for checks and benchmarks)."""
         if not self.supported:
             raise ConfigError(f"keyword search is not available on {self.dialect}; use SQLite or PostgreSQL")
         where = compile_filter(filter, s.documents.c.metadata)
         w = weights or self.weights
         out: list[list[tuple[int, float]]] = []
         with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                # one snapshot for the statistics and the (one or two) ranking statements of a query
+                conn.execution_options(isolation_level="REPEATABLE READ")
             cid = int(collection_id)
             if self.dialect == "sqlite" and cid not in self._known:
                 if not self._sqlite_exists(conn, cid):
@@ -360,14 +365,61 @@ class KeywordIndex:
                     continue
                 if self.dialect == "sqlite":
                     stmt = self._sqlite_stmt(cid, fts5_query(terms), k, where, w)
-                else:
-                    lexemes = pg_lexemes(conn, terms)
-                    if not lexemes:  # only PostgreSQL stop words
-                        out.append([])
-                        continue
-                    stmt = self._pg_stmt(cid, lexemes, k, where, w)
-                out.append([(int(v), float(sc)) for v, sc in conn.execute(stmt)])
+                    out.append([(int(v), float(sc)) for v, sc in conn.execute(stmt)])
+                    continue
+                lexemes = pg_lexemes(conn, terms)
+                out.append(self._pg_search(conn, cid, lexemes, k, where, w, exhaustive) if lexemes else [])
         return out
+
+    def _pg_search(
+        self, conn: Connection, cid: int, lexemes: Mapping[str, int], k: int, where: Any, w: tuple[float, float],
+        exhaustive: bool = False,
+    ) -> list[tuple[int, float]]:
+        """Exact BM25 top ``k`` that scores only the chunks that can still make it (MaxScore).
+
+        A lexeme adds at most ``idf * (k1 + 1)`` to any chunk's score (tf / (tf + K) < 1). So once
+        some top ``k`` has a k-th score theta, a chunk holding none of the "essential" lexemes
+        (the highest bounds, until the bounds of the others sum below theta) cannot reach it: only
+        chunks with an essential lexeme are scored, each with every lexeme of the query. Round one
+        takes the highest-bound lexemes that hold ``k`` chunks between them; its theta is a lower
+        bound of the true one (its chunks are a subset), so round two, if needed, widens the
+        essential set until the rest is bounded below that theta and is exact. A query whose
+        common words match most of the collection scores the chunks of its rare ones instead.
+        """
+        terms = list(lexemes)
+        stats = conn.execute(sa.text(
+            "SELECT t.term, t.qtf * ln(1 + (st.n - coalesce(ft.df, 0) + 0.5) / (coalesce(ft.df, 0) + 0.5)),"
+            " coalesce(ft.df, 0), st.total_len::float8 / greatest(st.n, 1) "
+            f"FROM {PG_STATS} st CROSS JOIN unnest(CAST(:terms AS text[]), CAST(:qtfs AS int[])) AS t(term, qtf) "
+            f"LEFT JOIN {PG_TERMS} ft ON ft.collection_id = st.collection_id AND ft.term = t.term "
+            "WHERE st.collection_id = :cid"
+        ), {"terms": terms, "qtfs": [int(lexemes[t]) for t in terms], "cid": cid}).all()
+        if not stats:  # an empty collection
+            return []
+        idf = {str(t): float(v) for t, v, _, _ in stats}
+        df = {str(t): int(n) for t, _, n, _ in stats}
+        avglen = float(stats[0][3])
+        bound = {t: idf[t] * (PG_K1 + 1.0) for t in idf}
+        order = sorted(idf, key=lambda t: (-bound[t], t))  # highest bound first
+        essential, held = (len(order), 0) if exhaustive else (0, 0)
+        while essential < len(order) and (essential == 0 or held < k):
+            held += df[order[essential]]
+            essential += 1
+        while True:
+            ranked = [(int(v), float(sc)) for v, sc in
+                      conn.execute(self._pg_stmt(cid, idf, avglen, order[:essential], k, where, w))]
+            if essential == len(order):
+                return ranked
+            if len(ranked) < k:  # not k chunks among the essential ones: no theta to prune with
+                essential = len(order)
+                continue
+            theta = ranked[-1][1]
+            rest = sum(bound[t] for t in order[essential:])
+            if rest < theta - _PRUNE_MARGIN * max(1.0, abs(theta)):
+                return ranked  # no chunk outside can reach the k-th score
+            while essential < len(order) and sum(bound[t] for t in order[essential:]) >= theta - (
+                    _PRUNE_MARGIN * max(1.0, abs(theta))):
+                essential += 1
 
     def _sqlite_stmt(
         self, cid: int, match: str, k: int, where: Any, w: tuple[float, float]
@@ -388,27 +440,25 @@ class KeywordIndex:
         return stmt.order_by(bm25, fts.c.rowid).limit(int(k))
 
     def _pg_stmt(
-        self, cid: int, lexemes: Mapping[str, int], k: int, where: Any, w: tuple[float, float]
+        self, cid: int, idf: Mapping[str, float], avglen: float, essential: Sequence[str], k: int, where: Any,
+        w: tuple[float, float],
     ) -> sa.Select[Any]:
-        """BM25 over the chunks matching any lexeme (GIN) and ``where``, from the collection's statistics.
+        """BM25 of the chunks that hold any ``essential`` lexeme (GIN) and match ``where``, top ``k``.
 
-        score = sum over query lexemes t of qtf(t) * idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)),
-        tf = w_title * (title positions of t) + w_text * (text positions of t). ``qtf``: query
-        words that stem to t (FTS5 scores each quoted word as its own phrase, so a repeated
-        stem counts again there too). A chunk's tf is read from its tsvector cut down to the
-        query's lexemes (setweight + ts_filter, in C) rather than by unnesting all of it, which
-        measured 5x slower.
+        score = sum over query lexemes t of idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)),
+        tf = w_title * (title positions of t) + w_text * (text positions of t); ``idf`` carries
+        qtf(t), the query words that stem to t (FTS5 scores each quoted word as its own phrase, so
+        a repeated stem counts again there too). A chunk's tf is read from its tsvector cut down
+        to the query's lexemes (setweight + ts_filter, in C) rather than by unnesting all of it,
+        which measured 5x slower.
         """
         f = sa.table(PG_TABLE, sa.column("vid"), sa.column("collection_id"), sa.column("tsv"), sa.column("len"))
         d, c = s.documents.c, s.chunks.c
-        terms = list(lexemes)
+        terms = list(idf)
         q = sa.text(
-            "SELECT t.term, t.qtf * ln(1 + (st.n - coalesce(ft.df, 0) + 0.5) / (coalesce(ft.df, 0) + 0.5)) AS idf, "
-            "st.total_len::float8 / greatest(st.n, 1) AS avglen "
-            f"FROM {PG_STATS} st CROSS JOIN unnest(CAST(:terms AS text[]), CAST(:qtfs AS int[])) AS t(term, qtf) "
-            f"LEFT JOIN {PG_TERMS} ft ON ft.collection_id = st.collection_id AND ft.term = t.term "
-            "WHERE st.collection_id = :cid"
-        ).bindparams(terms=terms, qtfs=[int(lexemes[t]) for t in terms], cid=cid).columns(
+            "SELECT t.term, t.idf, CAST(:avglen AS float8) AS avglen"
+            " FROM unnest(CAST(:terms AS text[]), CAST(:idfs AS float8[])) AS t(term, idf)"
+        ).bindparams(terms=terms, idfs=[idf[t] for t in terms], avglen=float(avglen)).columns(
             sa.column("term"), sa.column("idf"), sa.column("avglen")
         ).cte("semindex_q")
         k1, b = float(PG_K1), float(PG_B)
@@ -427,7 +477,7 @@ class KeywordIndex:
             ") y GROUP BY y.lexeme) x"
             " JOIN semindex_q q ON q.term = x.lexeme)"
         )
-        tsq = sa.cast(sa.bindparam("tsq", pg_tsquery(terms)), postgresql.TSQUERY)
+        tsq = sa.cast(sa.bindparam("tsq", pg_tsquery(essential)), postgresql.TSQUERY)
         stmt = (
             sa.select(f.c.vid, score.label("score"))
             .add_cte(q)
@@ -439,6 +489,11 @@ class KeywordIndex:
         if where is not None:
             stmt = stmt.where(where)
         return stmt.order_by(sa.literal_column("score").desc(), f.c.vid).limit(int(k))
+
+
+# Relative slack on the MaxScore test (bounds in Python floats, scores summed by PostgreSQL): a
+# chunk is skipped only when its bound is below the k-th score by more than rounding could move it.
+_PRUNE_MARGIN = 1e-9
 
 
 def pg_lexemes(conn: Connection, terms: Sequence[str]) -> dict[str, int]:

@@ -75,8 +75,9 @@ def reference_stats(ref: dict[int, tuple[Counter[str], Counter[str]]]) -> tuple[
     return len(ref), total, dict(df)
 
 
-def reference_scores(engine: Any, cid: int, query: str) -> dict[int, float]:
-    ref = reference(engine, cid)
+def reference_scores(engine: Any, cid: int, query: str,
+                     ref: dict[int, tuple[Counter[str], Counter[str]]] | None = None) -> dict[int, float]:
+    ref = reference(engine, cid) if ref is None else ref
     n, total, df = reference_stats(ref)
     with engine.connect() as conn:
         qlex = pg_lexemes(conn, query_terms(query))
@@ -208,6 +209,62 @@ def test_concurrent_writers_keep_statistics_exact(tmp_path: Path, pg_url: str) -
         coll = store.get_collection("bm")
         assert coll.count() == 5 - 2 + 2 * (12 - 3 + 3)
         assert_exact(store, coll)
+
+
+def test_top_k_scores_only_what_can_rank_and_equals_the_exhaustive_ranking(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MaxScore: a query mixing words in most chunks with rare ones scores the rare ones' chunks
+    first and stops when the common words' bounds cannot reach the k-th score; the top k is the
+    exhaustive ranking's, for every k, filter and query shape tried."""
+    import random
+
+    from semindex.storage.keyword import KeywordIndex
+
+    rng = random.Random(13)
+    common = ["water", "cells", "study", "effect", "results", "patients", "protein", "growth"]
+    rare = ["quagga", "narwhal", "okapi", "axolotl", "pangolin", "tapir"]
+    docs = []
+    for i in range(240):
+        words = rng.choices(common, k=rng.randint(3, 30))
+        if i % 9 == 0:
+            words += rng.choices(rare, k=rng.randint(1, 3))
+        rng.shuffle(words)
+        docs.append({"id": f"d{i}", "title": rng.choice(["", "", rng.choice(common + rare)]), "text": " ".join(words),
+                     "metadata": {"g": "ab"[i % 2]}})
+    queries = ["quagga water", "okapi narwhal cells study", "pangolin results effect growth patients",
+               "water cells", "tapir", "axolotl axolotl protein", "water quagga okapi tapir study"]
+    rounds: list[int] = []
+    original = KeywordIndex._pg_stmt
+
+    def counting(self: KeywordIndex, cid: int, idf: Any, avglen: float, essential: Any, *rest: Any) -> Any:
+        rounds.append(len(essential))
+        return original(self, cid, idf, avglen, essential, *rest)
+
+    monkeypatch.setattr(KeywordIndex, "_pg_stmt", counting)
+    with semindex.Store(tmp_path / "s", db_url=pg_url) as store:
+        coll = store.collection("bm", chunking=False)
+        coll.add(docs)
+        engine, cid = store.storage.engine, coll.record.id
+        ref = reference(engine, cid)
+        g_of = {int(v): g for v, g in engine.connect().execute(sa.text(
+            "SELECT c.id, d.metadata ->> 'g' FROM chunks c JOIN documents d ON d.vid = c.doc_vid"
+            " WHERE c.collection_id = :c"), {"c": cid})}
+        pruned = 0
+        for q in queries:
+            want_all = reference_scores(engine, cid, q, ref)
+            n_lex = len(pg_lexemes(engine.connect(), query_terms(q)))
+            for k in (1, 3, 10):
+                for flt in (None, {"g": "a"}):
+                    want = sorted(((sc, v) for v, sc in want_all.items() if flt is None or g_of[v] == flt["g"]),
+                                  key=lambda p: (-p[0], p[1]))[:k]
+                    rounds.clear()
+                    got = store.keyword.search(cid, [q], k, filter=flt)[0]
+                    assert [round(sc, 6) for _, sc in got] == [round(sc, 6) for sc, _ in want], (q, k, flt)
+                    for v, sc in got:  # each chunk returned carries its exhaustive score
+                        assert sc == pytest.approx(want_all[v], abs=1e-6), (q, k, v)
+                    pruned += rounds[-1] < n_lex
+        assert pruned >= 10  # most of these queries never scored the common words' chunks
+        assert len(coll.search("quagga water", 3, mode="keyword")) == 3
 
 
 def test_filter_applies_before_ranking_and_k_results_come_back(tmp_path: Path, pg_url: str) -> None:
