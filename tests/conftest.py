@@ -53,13 +53,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # How pytest-xdist (`--dist loadfile`, scripts/test.sh) hands out files, for a short wall time on 2 cores:
-# * the fast lane's torch users run on one worker, so torch, transformers and the session's tiny
-#   BERT are loaded once, not once per worker (seconds of CPU each);
-# * the files with the longest run times go first, so none of them starts last on one worker while
+# * the torch users run on one worker, so torch, transformers and the session's tiny BERT are
+#   loaded once, not once per worker (seconds of CPU each);
+# * the Ray files run on one worker: the first Ray test a worker meets runs every Ray test of the
+#   session in one network namespace with one cluster (tests/distributed/conftest.py), so two
+#   workers holding Ray files ran the whole Ray suite twice (130 s each);
+# * the units with the longest run times go first, so none of them starts last on one worker while
 #   the others have nothing left (the rest follow in xdist's order: most tests first).
 TORCH_FILES = ("tests/indexer/test_backends.py", "tests/indexer/test_matryoshka.py",
                "tests/indexer/test_multidevice.py")
-LONG_FIRST = ("torch", "tests/storage/test_filters.py", "tests/api/test_read_timeouts.py",
+RAY_DIR = "tests/distributed/"
+LONG_FIRST = ("ray", "tests/reliability/test_crash.py", "tests/search/test_eval.py", "torch",
+              "tests/storage/test_filters.py", "tests/api/test_read_timeouts.py",
               "tests/storage/test_tuning_recall.py", "tests/api/test_deadlines.py", "tests/api/test_hardening.py",
               "tests/api/test_serve.py", "tests/ui/test_page.py", "tests/storage/test_quantized.py")
 
@@ -75,6 +80,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def _split_scope(self, nodeid: str) -> str:
             path = str(super()._split_scope(nodeid))
+            if path.startswith(RAY_DIR):
+                return "ray"
             return "torch" if path in TORCH_FILES else path
 
         def _assign_work_unit(self, node: Any) -> None:

@@ -29,7 +29,7 @@ def _count(db: Path, table: str = "documents") -> int:
 
 
 def test_sigkill_mid_index_then_check_and_rerun(tmp_path: Path) -> None:
-    docs = scifact_docs(1200)
+    docs = scifact_docs(700)
     src = tmp_path / "corpus.jsonl"
     with src.open("w", encoding="utf-8") as fh:
         for d in docs:
@@ -39,7 +39,7 @@ def test_sigkill_mid_index_then_check_and_rerun(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "semindex", "index", str(src), "--store", str(store), "--commit-every", "64"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     seen = []
-    for kill_after in (130, 450):  # two kills at different points, the second on a resumed run
+    for kill_after in (110, 330):  # two kills at different points, the second on a resumed run
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 300
         while _count(db) < kill_after and proc.poll() is None and time.monotonic() < deadline:
@@ -65,5 +65,5 @@ def test_sigkill_mid_index_then_check_and_rerun(tmp_path: Path) -> None:
     check = run_cli("check", "--store", str(store), check=True)
     assert f"ok ({len(docs)} documents, {_count(db, 'chunks')} vectors" in check.stdout
     # and the index answers: a document's own title finds it
-    out = run_cli("search", docs[1000]["title"], "--store", str(store), "--json", "-k", "3", check=True)
-    assert docs[1000]["id"] in [json.loads(line)["id"] for line in out.stdout.splitlines()]
+    out = run_cli("search", docs[600]["title"], "--store", str(store), "--json", "-k", "3", check=True)
+    assert docs[600]["id"] in [json.loads(line)["id"] for line in out.stdout.splitlines()]
