@@ -1,8 +1,8 @@
 """Inference backends (torch, ONNX Runtime, OpenVINO): same vectors, cached exports, recorded choices.
 
-Fast tests export a tiny random-weight BERT (the ``tiny_bert`` fixture); the ``slow`` ones
-export the real all-MiniLM-L6-v2 and hold it to the thresholds the README states. Tests of a
-backend skip with one line when its runtime is not installed.
+Tests export a tiny random-weight BERT (the ``tiny_bert`` fixture, which puts them in the slow
+lane: it needs torch) or the real all-MiniLM-L6-v2, held to the thresholds the README states.
+Tests of a backend skip with one line when its runtime is not installed.
 """
 
 from __future__ import annotations
