@@ -401,6 +401,9 @@ class KeywordIndex:
         avglen = float(stats[0][3])
         bound = {t: idf[t] * (PG_K1 + 1.0) for t in idf}
         order = sorted(idf, key=lambda t: (-bound[t], t))  # highest bound first
+        rest = [0.0] * (len(order) + 1)  # rest[i]: the most lexemes order[i:] can add to any score
+        for i in range(len(order) - 1, -1, -1):
+            rest[i] = rest[i + 1] + bound[order[i]]
         essential, held = (len(order), 0) if exhaustive else (0, 0)
         while essential < len(order) and (essential == 0 or held < k):
             held += df[order[essential]]
@@ -414,11 +417,10 @@ class KeywordIndex:
                 essential = len(order)
                 continue
             theta = ranked[-1][1]
-            rest = sum(bound[t] for t in order[essential:])
-            if rest < theta - _PRUNE_MARGIN * max(1.0, abs(theta)):
+            floor = theta - _PRUNE_MARGIN * max(1.0, abs(theta))
+            if rest[essential] < floor:
                 return ranked  # no chunk outside can reach the k-th score
-            while essential < len(order) and sum(bound[t] for t in order[essential:]) >= theta - (
-                    _PRUNE_MARGIN * max(1.0, abs(theta))):
+            while essential < len(order) and rest[essential] >= floor:
                 essential += 1
 
     def _sqlite_stmt(
